@@ -12,6 +12,7 @@ from spectral_gpt.config import (
     ModelConfig,
     TrainConfig,
 )
+from spectral_gpt.model import build_model
 
 __all__ = [
     "ABLATIONS",
@@ -23,9 +24,3 @@ __all__ = [
     "build_model",
 ]
 
-
-def build_model(size: str, ablation: str, vocab_size: int | None = None):
-    """The ``torch.nn.Module`` of ``ablation`` at ``size`` (standard GPT or WaveGPT), freshly initialised."""
-    from spectral_gpt.model import build_model as _build
-
-    return _build(size, ablation, vocab_size)

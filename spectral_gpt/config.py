@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 MODEL_TYPES = ("wave", "standard")
 EMBEDDINGS = ("v1", "v2")

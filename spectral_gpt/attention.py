@@ -1,0 +1,195 @@
+"""Causal self-attention variants of spec 1.4 (D2): standard, interference and pure wave.
+
+Shapes: x is (B,T,d); wave queries/keys are (B,h,T,W) with W = num_waves per head; values are
+(B,h,T,D) with D = d/h. Every variant is causal: position p never sees positions > p.
+Where a variant is softmax attention (standard, interference) it runs through
+``F.scaled_dot_product_attention`` so it gets fused kernels; pure-wave attention is not a softmax and
+is written out.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from spectral_gpt.config import ModelConfig
+
+
+def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B,T,h*E) -> (B,h,T,E)."""
+    B, T, _ = t.shape
+    return t.view(B, T, num_heads, -1).transpose(1, 2)
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    """(B,h,T,E) -> (B,T,h*E)."""
+    B, h, T, E = t.shape
+    return t.transpose(1, 2).reshape(B, T, h * E)
+
+
+class CausalSelfAttention(nn.Module):
+    """GPT-2 causal multi-head attention, the control's attention (spec 1.4d) on fused SDPA.
+
+    Packed q/k/v projection plus output projection, both with bias: the same 4d²+4d parameters and
+    (3d, d) packed weight as the original's ``nn.MultiheadAttention``, so RGD sees the same tensors.
+    Dropout acts on attention probabilities only, as there.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.o_proj = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,T,d) -> (B,T,d)."""
+        q, k, v = (_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.o_proj(_merge_heads(y))
+
+
+class InterferenceAttention(nn.Module):
+    """The wave model's default "hybrid" attention (spec 1.4a; the original's WaveInterferenceAttention).
+
+    Cosine-similarity softmax attention: q and k (W per head, shifted by learned phase offsets
+    ``psi_q``/``psi_k``) are L2-normalised, so scores lie in [-1/tau, 1/tau] with one learned
+    temperature ``tau`` per layer shared by all heads (init sqrt(W): attention starts near uniform).
+    Dividing q̂ by tau before SDPA (scale 1) keeps tau a learnable tensor with no host sync.
+    q/k/v stay separate Linears (not one packed matrix) because RGD gates each weight tensor by its own
+    2-D spectrum (spec 2.1): packing them would change the optimiser's update.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h, W, d = cfg.num_heads, cfg.num_waves, cfg.d_model
+        self.num_heads, self.num_waves, self.dropout = h, W, cfg.dropout
+        self.q_proj = nn.Linear(d, h * W)
+        self.k_proj = nn.Linear(d, h * W)
+        self.v_proj = nn.Linear(d, d)
+        self.o_proj = nn.Linear(d, d)
+        self.psi_q = nn.Parameter(torch.zeros(1, h, 1, W))
+        self.psi_k = nn.Parameter(torch.zeros(1, h, 1, W))
+        self.tau = nn.Parameter(torch.tensor(math.sqrt(W)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,T,d) -> (B,T,d)."""
+        h = self.num_heads
+        q = F.normalize(_heads(self.q_proj(x), h) + self.psi_q, dim=-1, eps=1e-12)
+        k = F.normalize(_heads(self.k_proj(x), h) + self.psi_k, dim=-1, eps=1e-12)
+        y = F.scaled_dot_product_attention(q / self.tau, k, _heads(self.v_proj(x), h), is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0, scale=1.0)
+        return self.o_proj(_merge_heads(y))
+
+
+KERNELS = {
+    "elu_plus_one": lambda s: F.elu(s) + 1.0,
+    "sigmoid": torch.sigmoid,
+    "exp": torch.exp,
+}
+"""Pure-wave kernels: each maps -inf to exactly 0, which is how future positions are dropped."""
+
+
+def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            chunk_size: int = 64, eps: float = 1e-6) -> torch.Tensor:
+    """Normalised causal linear attention ``out_p = q_p·S_p / (q_p·Z_p + eps)`` in O(T) memory.
+
+    ``S_p = Σ_{s≤p} k_s v_sᵀ`` and ``Z_p = Σ_{s≤p} k_s`` for non-negative features q, k (B,h,T,W) and
+    values v (B,h,T,D). T is cut into chunks: inside a chunk the causal part is a small masked
+    (C x C) product; across chunks the sums of all earlier chunks (B,h,n,W,D) come from a prefix sum.
+    So no (B,h,T,W,D) tensor is ever built (the original's memory problem, spec "Performance").
+    """
+    B, h, T, W = q.shape
+    C = min(chunk_size, T)
+    pad = -T % C
+    if pad:  # padded rows sit after every real position, so causality keeps them out of real outputs
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    n = (T + pad) // C
+    q, k, v = (t.reshape(B, h, n, C, t.size(-1)) for t in (q, k, v))
+    chunk_kv = k.transpose(-1, -2) @ v                                   # (B,h,n,W,D)
+    chunk_k = k.sum(dim=3)                                               # (B,h,n,W)
+    # State entering chunk j = sums over chunks < j (exclusive prefix sum).
+    S = F.pad(chunk_kv.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :n]
+    Z = F.pad(chunk_k.cumsum(dim=2), (0, 0, 1, 0))[:, :, :n]
+    local = (q @ k.transpose(-1, -2)).tril()                             # (B,h,n,C,C)
+    num = local @ v + q @ S                                              # (B,h,n,C,D)
+    den = local.sum(dim=-1) + (q @ Z.unsqueeze(-1)).squeeze(-1)          # (B,h,n,C)
+    out = num / (den.unsqueeze(-1) + eps)
+    return out.reshape(B, h, n * C, -1)[:, :, :T]
+
+
+class PureWaveAttention(nn.Module):
+    """Softmax-free "pure wave" attention (spec 1.4b) with a kernel and a mode.
+
+    Queries/keys are waves of the position: ``sin(f·p + phase)`` with f and phase projected from x,
+    L2-normalised over W and scaled by W^(1/4) (so q̂·k̂ = sqrt(W)·cosine).
+
+    * ``quadratic`` (spec 1.4b exactly): ``A[p,s] = κ(g_h · q̂_p·k̂_s) / sqrt(p+1)`` for s ≤ p, else 0;
+      rows are NOT normalised; dropout on A; ``out = A v``.
+    * ``linear``: normalised causal linear attention with feature map κ applied to q̂, k̂
+      (:func:`causal_linear_attention`). This is a DIFFERENT function from quadratic mode, not a faster
+      copy of it: it ignores ``g`` and the 1/sqrt(p+1) factor and divides by the running normaliser
+      (spec B3/D2). It has no attention matrix, hence no attention dropout.
+    """
+
+    def __init__(self, cfg: ModelConfig, chunk_size: int = 64) -> None:
+        super().__init__()
+        h, W, d = cfg.num_heads, cfg.num_waves, cfg.d_model
+        self.num_heads, self.num_waves, self.dropout = h, W, cfg.dropout
+        self.kernel_name, self.mode, self.chunk_size = cfg.pure_wave_kernel, cfg.pure_wave_mode, chunk_size
+        self.kernel = KERNELS[cfg.pure_wave_kernel]
+        # Separate Linears, as in the original, so RGD's per-tensor spectral gating is unchanged.
+        self.q_freq = nn.Linear(d, h * W)
+        self.k_freq = nn.Linear(d, h * W)
+        self.q_phase = nn.Linear(d, h * W)
+        self.k_phase = nn.Linear(d, h * W)
+        self.v_proj = nn.Linear(d, d)
+        self.o_proj = nn.Linear(d, d)
+        self.head_scale = nn.Parameter(torch.ones(h))
+
+    def extra_repr(self) -> str:
+        """Shows kernel and mode when the model is printed, since they change the function computed."""
+        return f"kernel={self.kernel_name}, mode={self.mode}"
+
+    def wave_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised wave queries and keys (B,h,T,W), scaled by W^(1/4), and values (B,h,T,D)."""
+        h = self.num_heads
+        p = torch.arange(x.size(1), device=x.device, dtype=x.dtype)[:, None]   # (T,1)
+        scale = self.num_waves ** 0.25
+        q = torch.sin(_heads(self.q_freq(x), h) * p + _heads(self.q_phase(x), h))
+        k = torch.sin(_heads(self.k_freq(x), h) * p + _heads(self.k_phase(x), h))
+        q = F.normalize(q, dim=-1, eps=1e-12) * scale
+        k = F.normalize(k, dim=-1, eps=1e-12) * scale
+        return q, k, _heads(self.v_proj(x), h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,T,d) -> (B,T,d)."""
+        q, k, v = self.wave_states(x)
+        if self.mode == "linear":
+            y = causal_linear_attention(self.kernel(q), self.kernel(k), v, self.chunk_size)
+        else:
+            y = self._quadratic(q, k, v)
+        return self.o_proj(_merge_heads(y))
+
+    def _quadratic(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        T = q.size(2)
+        scores = (q @ k.transpose(-1, -2)) * self.head_scale.view(1, -1, 1, 1)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        # -inf before the kernel: exactly 0 weight and 0 gradient, even where exp would overflow.
+        weights = self.kernel(scores.masked_fill(future, float("-inf")))
+        row_scale = torch.arange(1, T + 1, device=q.device, dtype=q.dtype).rsqrt()[:, None]
+        weights = F.dropout(weights * row_scale, self.dropout, self.training)
+        return weights @ v
+
+
+def build_attention(cfg: ModelConfig) -> nn.Module:
+    """The attention module named by ``cfg.attention`` for one wave block."""
+    if cfg.attention == "interference":
+        return InterferenceAttention(cfg)
+    if cfg.attention == "pure_wave":
+        return PureWaveAttention(cfg)
+    return CausalSelfAttention(cfg)

@@ -1,0 +1,226 @@
+"""Attention variants against plain, written-out evaluations of spec 1.4, plus causality and dropout."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from spectral_gpt.attention import (
+    KERNELS,
+    CausalSelfAttention,
+    InterferenceAttention,
+    PureWaveAttention,
+    causal_linear_attention,
+)
+from spectral_gpt.config import ModelConfig
+
+B, T = 2, 37  # T deliberately not a multiple of any chunk size used below
+
+
+def make_cfg(**overrides) -> ModelConfig:
+    base = dict(vocab_size=50, d_model=24, num_layers=1, num_heads=3, num_waves=5, num_harmonics=2,
+                block_size=64, dropout=0.0)
+    return ModelConfig(**{**base, **overrides})
+
+
+def perturb(module: torch.nn.Module) -> None:
+    """Move every parameter off its init so tests also cover learned psi/tau/g (not only 0/1 values)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+
+def split_heads(t: torch.Tensor, h: int) -> torch.Tensor:
+    return t.view(t.size(0), t.size(1), h, -1).transpose(1, 2)
+
+
+def merge_heads(t: torch.Tensor) -> torch.Tensor:
+    return t.transpose(1, 2).flatten(2)
+
+
+def reference_wave_states(attn: PureWaveAttention, x: torch.Tensor):
+    """Spec 1.4b's wave states written out independently of the module's code."""
+    h, W = attn.num_heads, attn.num_waves
+    q_f, k_f, q_p, k_p, v = (split_heads(lin(x), h) for lin in (
+        attn.q_freq, attn.k_freq, attn.q_phase, attn.k_phase, attn.v_proj))
+    pos = torch.arange(x.size(1), dtype=x.dtype).view(1, 1, -1, 1)
+    q = torch.sin(q_f * pos + q_p)
+    k = torch.sin(k_f * pos + k_p)
+    q = q / q.norm(dim=-1, keepdim=True) * W ** 0.25
+    k = k / k.norm(dim=-1, keepdim=True) * W ** 0.25
+    return q, k, v
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_linear_mode_matches_naive_quadratic_time_evaluation(kernel: str) -> None:
+    torch.manual_seed(0)
+    attn = PureWaveAttention(make_cfg(pure_wave_kernel=kernel, pure_wave_mode="linear"), chunk_size=8)
+    perturb(attn)
+    attn.eval()
+    x = torch.randn(B, T, 24)
+    q, k, v = reference_wave_states(attn, x)
+    fq, fk = KERNELS[kernel](q), KERNELS[kernel](k)
+    expected = torch.empty_like(v)
+    for p in range(T):  # out_p = φ(q_p)·S_p / (φ(q_p)·Z_p + 1e-6), sums over s <= p
+        S = torch.einsum("bhsw,bhsd->bhwd", fk[:, :, :p + 1], v[:, :, :p + 1])
+        Z = fk[:, :, :p + 1].sum(dim=2)
+        num = torch.einsum("bhw,bhwd->bhd", fq[:, :, p], S)
+        den = (fq[:, :, p] * Z).sum(-1, keepdim=True) + 1e-6
+        expected[:, :, p] = num / den
+    expected = attn.o_proj(merge_heads(expected))
+    with torch.no_grad():
+        got = attn(x)
+    torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 37, 64])
+def test_causal_linear_attention_is_independent_of_chunk_size(chunk_size: int) -> None:
+    torch.manual_seed(1)
+    q, k = torch.rand(B, 2, T, 4), torch.rand(B, 2, T, 4)
+    v = torch.randn(B, 2, T, 6)
+    torch.testing.assert_close(causal_linear_attention(q, k, v, chunk_size),
+                               causal_linear_attention(q, k, v, chunk_size=T), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_quadratic_mode_matches_spec_formula(kernel: str) -> None:
+    torch.manual_seed(0)
+    attn = PureWaveAttention(make_cfg(pure_wave_kernel=kernel))
+    perturb(attn)
+    attn.eval()
+    x = torch.randn(B, T, 24)
+    q, k, v = reference_wave_states(attn, x)
+    A = torch.zeros(B, 3, T, T)
+    for p in range(T):  # A[p, s] = κ(g_h q̂_p·k̂_s) / sqrt(p+1) for s <= p, 0 for s > p
+        for s in range(p + 1):
+            score = (q[:, :, p] * k[:, :, s]).sum(-1) * attn.head_scale
+            A[:, :, p, s] = KERNELS[kernel](score) / math.sqrt(p + 1)
+    expected = attn.o_proj(merge_heads(A @ v))
+    with torch.no_grad():
+        got = attn(x)
+    torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_and_quadratic_modes_are_different_functions() -> None:
+    torch.manual_seed(0)
+    quad = PureWaveAttention(make_cfg(pure_wave_mode="quadratic")).eval()
+    lin = PureWaveAttention(make_cfg(pure_wave_mode="linear")).eval()
+    lin.load_state_dict(quad.state_dict())
+    x = torch.randn(B, T, 24)
+    with torch.no_grad():
+        assert not torch.allclose(quad(x), lin(x), atol=1e-4)
+
+
+def test_interference_matches_explicit_softmax() -> None:
+    torch.manual_seed(0)
+    attn = InterferenceAttention(make_cfg())
+    perturb(attn)
+    attn.eval()
+    x = torch.randn(B, T, 24)
+    q = split_heads(attn.q_proj(x), 3) + attn.psi_q
+    k = split_heads(attn.k_proj(x), 3) + attn.psi_k
+    v = split_heads(attn.v_proj(x), 3)
+    q = q / q.norm(dim=-1, keepdim=True)
+    k = k / k.norm(dim=-1, keepdim=True)
+    scores = q @ k.transpose(-1, -2) / attn.tau
+    scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    expected = attn.o_proj(merge_heads(torch.softmax(scores, dim=-1) @ v))
+    with torch.no_grad():
+        got = attn(x)
+    torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_standard_attention_matches_explicit_softmax() -> None:
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(make_cfg()).eval()
+    perturb(attn)
+    x = torch.randn(B, T, 24)
+    q, k, v = (split_heads(t, 3) for t in attn.qkv(x).chunk(3, dim=-1))
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+    scores = scores.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    expected = attn.o_proj(merge_heads(torch.softmax(scores, dim=-1) @ v))
+    with torch.no_grad():
+        got = attn(x)
+    torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+ALL_KINDS = [
+    pytest.param("standard", {}, id="standard"),
+    pytest.param("interference", {}, id="interference"),
+    *[pytest.param("pure_wave", {"pure_wave_kernel": kn, "pure_wave_mode": mode}, id=f"{kn}-{mode}")
+      for kn in sorted(KERNELS) for mode in ("quadratic", "linear")],
+]
+
+
+def build(kind: str, **overrides) -> torch.nn.Module:
+    cfg = make_cfg(attention=kind, **overrides)
+    return {"standard": CausalSelfAttention, "interference": InterferenceAttention,
+            "pure_wave": PureWaveAttention}[kind](cfg)
+
+
+@pytest.mark.parametrize("kind,overrides", ALL_KINDS)
+def test_future_positions_do_not_change_earlier_outputs(kind: str, overrides: dict) -> None:
+    torch.manual_seed(0)
+    attn = build(kind, **overrides).eval()
+    x = torch.randn(B, T, 24)
+    changed = x.clone()
+    changed[:, 20:] = torch.randn(B, T - 20, 24) * 10
+    with torch.no_grad():
+        a, b = attn(x), attn(changed)
+    assert torch.equal(a[:, :20], b[:, :20])
+    assert not torch.allclose(a[:, 20:], b[:, 20:])
+
+
+@pytest.mark.parametrize("kind,overrides", ALL_KINDS)
+def test_earlier_outputs_get_exactly_zero_gradient_from_future_inputs(kind: str, overrides: dict) -> None:
+    torch.manual_seed(0)
+    attn = build(kind, **overrides)
+    perturb(attn)
+    x = torch.randn(B, T, 24, requires_grad=True)
+    attn(x)[:, :20].sum().backward()
+    assert torch.count_nonzero(x.grad[:, 20:]) == 0
+    assert torch.isfinite(x.grad).all() and torch.count_nonzero(x.grad[:, :20]) > 0
+
+
+@pytest.mark.parametrize("kind,overrides", [k for k in ALL_KINDS if "linear" not in k.id])
+def test_dropout_only_in_training(kind: str, overrides: dict) -> None:
+    torch.manual_seed(0)
+    attn = build(kind, dropout=0.5, **overrides)
+    x = torch.randn(B, T, 24)
+    with torch.no_grad():
+        assert not torch.equal(attn(x), attn(x))
+        attn.eval()
+        assert torch.equal(attn(x), attn(x))
+
+
+def test_interference_temperature_is_learned_and_starts_at_sqrt_w() -> None:
+    torch.manual_seed(0)
+    attn = InterferenceAttention(make_cfg(num_waves=7))
+    assert attn.tau.item() == pytest.approx(math.sqrt(7))
+    assert torch.equal(attn.psi_q, torch.zeros(1, 3, 1, 7)) and torch.equal(attn.psi_k, attn.psi_q)
+    perturb(attn)
+    attn(torch.randn(B, T, 24)).pow(2).sum().backward()
+    assert attn.tau.grad is not None and attn.tau.grad.abs().item() > 0
+    assert attn.psi_q.grad.abs().sum().item() > 0
+
+
+def test_linear_mode_memory_does_not_hold_a_per_position_state() -> None:
+    """Autograd keeps nothing near the size of a (B,h,T,W,D) running state (the original's cost)."""
+    torch.manual_seed(0)
+    b, h, t, w, d = 1, 2, 512, 16, 64
+    q, k = torch.rand(b, h, t, w, requires_grad=True), torch.rand(b, h, t, w, requires_grad=True)
+    v = torch.randn(b, h, t, d, requires_grad=True)
+    saved: list[int] = []
+
+    def pack(x: torch.Tensor) -> torch.Tensor:
+        saved.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        causal_linear_attention(q, k, v, chunk_size=64).sum().backward()
+    per_position_state = b * h * t * w * d
+    assert max(saved) <= per_position_state // 16
+    assert sum(saved) < per_position_state // 2
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
