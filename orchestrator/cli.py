@@ -1,0 +1,141 @@
+"""The ``spectral-gpt`` command line.
+
+Every flag maps onto one field of :class:`orchestrator.settings.RunSettings`; the whole tree is
+validated before Ray starts or a file is written, and a user mistake exits with code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
+from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, MODEL_SIZES, ConfigError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, steps_default: int) -> None:
+    """The flags shared by every command that trains (``train``; sweeps reuse them)."""
+    parser.add_argument("--model", default="tiny", choices=list(MODEL_SIZES), help="model size")
+    parser.add_argument("--dataset", default="python-docs",
+                        help="python-docs (offline default), shakespeare, fineweb-edu, or a path to a text file")
+    parser.add_argument("--vocab-size", type=_positive_int, default=None,
+                        help="BPE vocabulary size (default: 1024; GPT-2's 50257 for fineweb-edu)")
+    parser.add_argument("--steps", type=_positive_int, default=steps_default, help="optimiser steps")
+    parser.add_argument("--seed", type=int, default=1337, help="fixes init, data order and dropout")
+    parser.add_argument("--batch-size", type=_positive_int, default=None,
+                        help="global batch in sequences (default: the model size's)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the ablation's)")
+    parser.add_argument("--eval-interval", type=_positive_int, default=None,
+                        help="steps between validations (default: min(250, checkpoint interval, steps))")
+    parser.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (DDP)")
+    device = parser.add_mutually_exclusive_group()
+    device.add_argument("--gpu", dest="gpu", action="store_true", help="one GPU per worker (NCCL)")
+    device.add_argument("--cpu", dest="gpu", action="store_false", help="CPU workers (gloo), the default")
+    parser.add_argument("--output", default="experiments", help="folder that holds run folders")
+    parser.add_argument("--resume", default="auto", choices=["auto", "must", "never"],
+                        help="auto: continue the unfinished run of this name; must: fail if none; never: new run")
+    parser.add_argument("--no-monitoring", action="store_true", help="write no files (quick runs)")
+    parser.add_argument("--checkpoint-interval", type=_positive_int, default=1000)
+    parser.add_argument("--keep-last", type=_positive_int, default=3, help="checkpoints kept besides the best")
+    parser.add_argument("--log-interval", type=_positive_int, default=10)
+    parser.add_argument("--viz-interval", type=_positive_int, default=1000)
+    parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before the run fails")
+
+
+def settings_from_args(args: argparse.Namespace, ablation: str, name: str | None) -> RunSettings:
+    """Turn parsed flags into validated settings (raises ConfigError)."""
+    overrides: dict[str, Any] = {}
+    if args.lr is not None:
+        overrides["lr"] = args.lr
+    return build_run_settings(
+        ablation=ablation, size=args.model, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+        vocab_size=args.vocab_size, dataset=args.dataset, name=name, output=args.output, resume=args.resume,
+        eval_interval=args.eval_interval,
+        monitoring=MonitoringSettings(enabled=not args.no_monitoring,
+                                      checkpoint_interval=args.checkpoint_interval, keep_last=args.keep_last,
+                                      log_interval=args.log_interval, viz_interval=args.viz_interval),
+        scaling=ScalingSettings(workers=args.workers, use_gpu=args.gpu, max_failures=args.max_failures),
+        **overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``spectral-gpt`` parser with one sub-command per job kind."""
+    parser = argparse.ArgumentParser(prog="spectral-gpt", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = False
+    train = commands.add_parser("train", help="train one ablation on Ray (the default command)")
+    train.add_argument("--experiment", default="wave_baseline",
+                       choices=[*ABLATIONS, *ABLATION_ALIASES], metavar="ABLATION",
+                       help=f"one of: {', '.join(ABLATIONS)}")
+    train.add_argument("--name", default=None, help="run name (default: the ablation); letters, digits, . _ -")
+    add_run_arguments(train, steps_default=500)
+    return parser
+
+
+def _print_progress(progress: Progress, task: Any, snapshot: dict[str, Any]) -> None:
+    parts = [f"loss {snapshot['loss']:.3f}" if "loss" in snapshot else "starting"]
+    if "val_loss" in snapshot:
+        parts.append(f"val {snapshot['val_loss']:.3f}")
+    if "tokens_per_sec" in snapshot:
+        parts.append(f"{snapshot['tokens_per_sec']:,.0f} tok/s")
+    done = int(snapshot["step"]) + 1 if "loss" in snapshot else int(snapshot.get("step", 0))
+    progress.update(task, completed=done, description=" ".join(parts))
+
+
+def run_train(args: argparse.Namespace, console: Console) -> int:
+    """``spectral-gpt train``: returns the process exit code."""
+    from orchestrator.run import run_training  # imports ray; kept off the --help path
+
+    settings = settings_from_args(args, args.experiment, args.name)
+    columns = (TextColumn("[bold]{task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.description}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("starting", total=settings.spec.train.steps, name=settings.name)
+        outcome = run_training(settings, on_progress=lambda snap: _print_progress(progress, task, snap))
+    metrics = outcome.final_metrics
+    where = f" in {outcome.run_dir}" if outcome.run_dir else ""
+    if outcome.status != "completed":
+        console.print(f"[red]run {settings.name} {outcome.status}{where}: {outcome.error}")
+        return 1
+    if outcome.start_step:
+        console.print(f"resumed from step {outcome.start_step}")
+    console.print(f"run {settings.name} completed{where}: {metrics.get('total_steps')} steps, "
+                  f"val loss {metrics.get('val_loss'):.4f}, best {metrics.get('best_val_loss'):.4f} "
+                  f"at step {metrics.get('best_step')}, {metrics.get('tokens_per_second', 0):,.0f} tok/s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spectral-gpt`` console script."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["train", *argv]
+    args = parser.parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        return run_train(args, console)
+    except ConfigError as exc:
+        parser.exit(2, f"spectral-gpt: error: {exc}\n")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; run the same command again to continue from the last checkpoint")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""One run: resolve its folder, connect to Ray, start the monitoring actor, fit a TorchTrainer.
+
+Running the same command again after the driver died continues the unfinished run of that name
+(``resume="auto"``): the folder is found by name, a new monitoring actor rebuilds its state from
+the files, and the workers restore the latest committed checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from orchestrator.monitor import MonitorActor
+from orchestrator.monitoring import create_experiment_directory, generate_experiment_id
+from orchestrator.settings import RunSettings
+from orchestrator.worker import train_loop_per_worker
+from spectral_gpt.config import ConfigError
+from spectral_gpt.data import BatchSampler, TokenDataset
+
+log = logging.getLogger(__name__)
+
+RAY_ENV_DEFAULTS = {
+    # report() is a barrier throttled by this poll; 0.5 s keeps the commit window short (spec/ray.md §10).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+@dataclass
+class RunOutcome:
+    """What a finished (or failed) run produced, for the CLI and the Python API."""
+
+    status: str
+    """``completed``, ``failed`` or ``stopped``."""
+    run_dir: Path | None
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    generation_samples: list[str] = field(default_factory=list)
+    start_step: int = 0
+    """The step this invocation resumed from (0 for a fresh run)."""
+
+
+def prepare_data(settings: RunSettings) -> TokenDataset:
+    """Tokenise (or reuse the cache) and check the model fits the data, before Ray starts."""
+    dataset = TokenDataset.prepare(settings.data.dataset, settings.data.cache_dir, settings.data.vocab_size)
+    if dataset.vocab_size > settings.spec.model.vocab_size:
+        raise ConfigError(f"the tokenizer has {dataset.vocab_size} tokens but the model only "
+                          f"{settings.spec.model.vocab_size}; pick vocab_size >= {dataset.vocab_size}")
+    spec = settings.spec
+    BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
+    return dataset
+
+
+def find_unfinished_run(settings: RunSettings) -> Path | None:
+    """The newest run folder of this name whose results.json does not say ``completed``."""
+    output = Path(settings.output)
+    if not output.is_dir():
+        return None
+    candidates = []
+    for folder in output.glob(f"{settings.name}_*"):
+        config = folder / "config.json"
+        if not folder.is_dir() or not config.is_file():
+            continue
+        try:
+            saved = json.loads(config.read_text())["config"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if saved.get("name") != settings.name or _status(folder) == "completed":
+            continue
+        candidates.append((config.stat().st_mtime, folder, saved))
+    if not candidates:
+        return None
+    _, folder, saved = max(candidates, key=lambda c: c[0])
+    if saved.get("spec") != settings.spec.to_dict():
+        raise ConfigError(f"the unfinished run {folder} was started with other settings; rerun it with the "
+                          "same flags, or pass --resume never to start a new run")
+    return folder
+
+
+def _status(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / "results.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_run_dir(settings: RunSettings) -> tuple[Path | None, bool]:
+    """(run folder or None when monitoring is off, whether it is a resumed run); may raise ConfigError."""
+    if not settings.monitoring.enabled:
+        if settings.resume == "must":
+            raise ConfigError("--resume must needs monitoring (checkpoints on disk); drop --no-monitoring")
+        return None, False
+    existing = None if settings.resume == "never" else find_unfinished_run(settings)
+    if existing is not None:
+        return existing, True
+    if settings.resume == "must":
+        raise ConfigError(f"--resume must: no unfinished run named {settings.name!r} in {settings.output}")
+    exp_id = generate_experiment_id(settings.name, settings.output)
+    return Path(create_experiment_directory(settings.output, exp_id)["root"]), False
+
+
+def connect_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit``), else start a private local one."""
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+
+
+def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], None] | None = None,
+                 poll_seconds: float = 0.5) -> RunOutcome:
+    """Train one run to its end on Ray; user mistakes raise ConfigError before anything is written."""
+    dataset = prepare_data(settings)
+    run_dir, resumed = resolve_run_dir(settings)
+    connect_ray()
+    monitor = MonitorActor.remote(str(run_dir) if run_dir else None, settings.to_dict(), dataset.info())
+    storage = run_dir if run_dir else Path(tempfile.mkdtemp(prefix="spectral-gpt-"))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"settings": settings.to_dict(), "monitor": monitor},
+        scaling_config=ray.train.ScalingConfig(num_workers=settings.scaling.workers,
+                                               use_gpu=settings.scaling.use_gpu),
+        run_config=ray.train.RunConfig(
+            name="ray_train", storage_path=str(storage / ".ray") if run_dir else str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=settings.scaling.max_failures)),
+    )
+    try:
+        fit_error = _fit_with_progress(trainer, monitor, on_progress, poll_seconds)
+        return _outcome(monitor, run_dir, fit_error)
+    finally:
+        ray.kill(monitor)
+        if run_dir is None:
+            shutil.rmtree(storage, ignore_errors=True)
+
+
+def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callable | None,
+                       poll_seconds: float) -> BaseException | None:
+    errors: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # reported through the outcome, re-raised nowhere
+            errors.append(exc)
+
+    thread = threading.Thread(target=fit, name="spectral-gpt-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(poll_seconds)
+        if on_progress is not None:
+            on_progress(ray.get(monitor.get_progress.remote()))
+    return errors[0] if errors else None
+
+
+def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None) -> RunOutcome:
+    final = ray.get(monitor.get_final.remote())
+    progress = ray.get(monitor.get_progress.remote())
+    start = int(progress.get("resumed_from", 0))
+    if final is None:
+        error = f"training failed: {fit_error}" if fit_error else "training ended without a result"
+        if run_dir is not None:
+            ray.get(monitor.finish.remote("failed", {}, None, error))
+        return RunOutcome("failed", run_dir, error=error, start_step=start)
+    return RunOutcome(final["status"], run_dir, final["final_metrics"], final["error"],
+                      final["generation_samples"], start_step=start)

@@ -1,0 +1,171 @@
+"""``train_loop_per_worker``: what every Ray Train worker runs.
+
+Resume is the normal path: each worker first asks the monitoring actor for the latest committed
+state, then trains. Rank 0 alone talks to the actor (rows fire-and-forget, checkpoints through the
+object store, at most one save in flight); every rank evaluates the same fixed windows, so every
+rank reaches the same early-stopping decision without a collective.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from orchestrator.monitoring import collect_hardware_info
+from orchestrator.settings import RunSettings
+from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
+from spectral_gpt.training import NonFiniteLossError, StepResult, TrainState, evaluate, train_step
+
+GENERATION_PROMPT = "The theory of quantum mechanics suggests"
+MAX_ROWS_IN_FLIGHT = 64
+"""Unacknowledged rows rank 0 may have outstanding before it waits (bounded memory)."""
+
+
+@dataclass
+class _Sink:
+    """Rank 0's connection to the monitoring actor, with back-pressure on rows and checkpoints."""
+
+    actor: Any
+    attempt: int
+    inflight_rows: list[Any] = field(default_factory=list)
+    inflight_save: Any = None
+
+    def send(self, row: dict[str, Any]) -> None:
+        self.inflight_rows.append(self.actor.log.remote(self.attempt, [row]))
+        if len(self.inflight_rows) > MAX_ROWS_IN_FLIGHT:
+            ray.wait(self.inflight_rows[:1])
+            self.inflight_rows = self.inflight_rows[1:]
+
+    def save(self, step: int, state: dict[str, Any], val_loss: float | None) -> None:
+        if self.inflight_save is not None:
+            ray.get(self.inflight_save)  # at most one checkpoint waits in memory
+        self.inflight_save = self.actor.save_checkpoint.remote(self.attempt, step, state, val_loss)
+
+    def drain(self) -> None:
+        ray.get([*self.inflight_rows, *([self.inflight_save] if self.inflight_save else [])])
+        self.inflight_rows, self.inflight_save = [], None
+
+
+def _cpu_copy(state: Any) -> Any:
+    """A detached CPU copy, so the actor writes a snapshot while training moves on."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: _cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cpu_copy(v) for v in state)
+    return state
+
+
+def _metric_row(result: StepResult, started: float, tokens_since_start: int) -> dict[str, Any]:
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    row: dict[str, Any] = {
+        "step": result.step, "loss": result.loss, "ce_loss": result.ce, "learning_rate": result.lr,
+        "tokens_per_sec": tokens_since_start / elapsed, "perplexity": math.exp(min(result.ce, 50.0)),
+        "grad_norm": result.grad_norm, "memory_mb": _memory_mb(),
+    }
+    if result.wave_ratio is not None:
+        row["wave_ratio"] = result.wave_ratio
+    if result.coherence is not None:
+        row["coherence_loss"] = result.coherence
+    if result.standard_embed_ratio is not None:
+        row["standard_embed_ratio"] = result.standard_embed_ratio
+    return row
+
+
+def _memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Restore the latest committed state, train to the end (or early stop), report the outcome."""
+    settings = RunSettings.from_dict(config["settings"])
+    spec, mon = settings.spec, settings.monitoring
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    actor = config["monitor"]
+    dataset = TokenDataset.prepare(settings.data.dataset, settings.data.cache_dir, settings.data.vocab_size)
+    state = TrainState(spec, device=ray.train.torch.get_device())
+    restored = ray.get(actor.latest_state.remote())
+    if restored is not None:
+        state.load_state_dict(restored)
+    if world > 1:
+        state.forward_module = ray.train.torch.prepare_model(state.model, move_to_device=False)
+    sampler = BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
+    val = validation_batches(dataset.val, spec.model.block_size, spec.train.batch_size, spec.train.eval_batches)
+    sink = None
+    if rank == 0:
+        sink = _Sink(actor, ray.get(actor.begin_attempt.remote(state.step, collect_hardware_info())))
+    actor.register_worker.remote(rank, os.getpid())
+
+    started, start_tokens = time.perf_counter(), state.tokens_seen
+    error, last_val = None, None
+    while not state.finished:
+        try:
+            result = train_step(state, sampler.batch, rank=rank, world_size=world)
+        except NonFiniteLossError as exc:
+            error = str(exc)
+            break
+        s = result.step
+        last = state.step >= spec.train.steps
+        val_loss = None
+        if (s > 0 and s % spec.train.eval_interval == 0) or last:
+            val_loss = last_val = evaluate(state, val)
+            improved = state.early_stopping.update(val_loss, s)
+            last = last or state.early_stopping.should_stop
+        else:
+            improved = False
+        if sink is not None:
+            row = _metric_row(result, started, state.tokens_seen - start_tokens)
+            if val_loss is not None:
+                row.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
+            if s % mon.log_interval == 0 or val_loss is not None or last:
+                sink.send(row)
+            if (s > 0 and s % mon.checkpoint_interval == 0) or improved or last:
+                sink.save(s, _cpu_copy(state.state_dict()), val_loss)
+            if (s > 0 and s % mon.viz_interval == 0) or last:
+                actor.visualize.remote(sink.attempt, s, _cpu_copy(state.model.state_dict()))
+        if val_loss is not None:
+            ray.train.report({"step": s, "val_loss": val_loss, "best_val_loss": state.early_stopping.best})
+    _finish(state, sink, dataset, error, last_val, time.perf_counter() - started, start_tokens)
+
+
+def _finish(state: TrainState, sink: _Sink | None, dataset: TokenDataset, error: str | None,
+            val_loss: float | None, seconds: float, start_tokens: int) -> None:
+    if sink is None:
+        return
+    sink.drain()
+    es = state.early_stopping
+    final: dict[str, Any] = {
+        "total_steps": state.step, "best_val_loss": es.best if math.isfinite(es.best) else None,
+        "best_step": es.best_step, "tokens_seen": state.tokens_seen, "total_time_seconds": seconds,
+        "tokens_per_second": (state.tokens_seen - start_tokens) / max(seconds, 1e-9),
+        "num_parameters": sum(p.numel() for p in state.model.parameters()),
+        "early_stopped": es.should_stop,
+    }
+    if error is not None:
+        ray.get(sink.actor.finish.remote("failed", final, None, error))
+        return
+    final["val_loss"] = val_loss
+    final["perplexity"] = math.exp(min(val_loss, 50.0)) if val_loss is not None else None
+    samples = [_sample(state, dataset)]
+    ray.get(sink.actor.finish.remote("completed", final, samples, None))
+
+
+def _sample(state: TrainState, dataset: TokenDataset) -> str:
+    tok = dataset.tokenizer
+    idx = torch.tensor([tok.encode(GENERATION_PROMPT)], dtype=torch.long, device=state.device)
+    gen = torch.Generator(device=state.device).manual_seed(state.spec.train.seed)
+    out = state.model.generate(idx, max_new_tokens=100, temperature=0.8, generator=gen)
+    return tok.decode(out[0].tolist())

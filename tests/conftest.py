@@ -1,0 +1,33 @@
+"""Shared fixtures: one token cache and one local Ray instance per test session (spec/ray.md §11)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Short commit window for reported results in tests; Train forwards RAY_TRAIN_* vars to its workers.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+
+
+@pytest.fixture(scope="session")
+def token_cache(tmp_path_factory):
+    """A token cache shared by every test that trains on the offline corpus."""
+    from spectral_gpt.data import TokenDataset
+
+    cache = tmp_path_factory.mktemp("token-cache")
+    TokenDataset.prepare("python-docs", cache, 1024)
+    return str(cache)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A private local Ray instance (never one started by `ray start` elsewhere on the machine)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,115 @@
+"""Real Ray Train runs of the tiny model on CPU workers: DDP, worker kill and exact resume, outcomes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from orchestrator.monitoring import CheckpointManager, MetricsLogger
+from orchestrator.run import run_training
+from orchestrator.settings import MonitoringSettings, ScalingSettings, build_run_settings
+from spectral_gpt.config import ConfigError
+
+
+def _settings(tmp_path: Path, cache: str, name: str, *, workers: int = 1, steps: int = 60, **kw):
+    return build_run_settings(
+        ablation=kw.pop("ablation", "wave_baseline"), steps=steps, batch_size=8, name=name,
+        output=tmp_path / name, cache_dir=cache, eval_interval=20,
+        monitoring=kw.pop("monitoring", MonitoringSettings(checkpoint_interval=10, log_interval=1,
+                                                           viz_interval=1000)),
+        scaling=ScalingSettings(workers=workers, max_failures=2), **kw)
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return CheckpointManager(run_dir).load_latest_checkpoint()["state"]["model"]
+
+
+def test_two_worker_run_killed_mid_way_ends_exactly_like_an_uninterrupted_one(ray_session, token_cache, tmp_path):
+    steps = 120
+    reference = run_training(_settings(tmp_path, token_cache, "reference", workers=2, steps=steps))
+    assert reference.status == "completed", reference.error
+
+    killed: list[int] = []
+
+    def kill_rank1_after_first_checkpoint(progress: dict) -> None:
+        if not killed and progress.get("checkpoint_step", 0) >= 10 and 1 in progress.get("workers", {}):
+            pid = progress["workers"][1]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    outcome = run_training(_settings(tmp_path, token_cache, "killed", workers=2, steps=steps),
+                           on_progress=kill_rank1_after_first_checkpoint, poll_seconds=0.05)
+    assert killed, "the run ended before a checkpoint was committed"
+    assert outcome.status == "completed", outcome.error
+
+    attempts = json.loads((outcome.run_dir / "logs" / "attempts.json").read_text())["attempts"]
+    restart = attempts[-1]
+    assert restart["attempt"] == 2 and 10 < restart["start_step"] < steps
+
+    rows = MetricsLogger(outcome.run_dir / "logs").load_metrics()
+    ref_rows = MetricsLogger(reference.run_dir / "logs").load_metrics()
+    assert [r["step"] for r in rows] == list(range(steps))
+    assert [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]  # atol = 0
+    assert {r["attempt"] for r in rows if r["step"] >= restart["start_step"]} == {2}
+    assert {r["attempt"] for r in rows if r["step"] < restart["start_step"]} == {1}
+
+    ref_weights, weights = _final_weights(reference.run_dir), _final_weights(outcome.run_dir)
+    assert ref_weights.keys() == weights.keys()
+    assert all(torch.equal(ref_weights[k], weights[k]) for k in weights)
+    assert outcome.final_metrics["val_loss"] == reference.final_metrics["val_loss"]
+
+
+def test_run_writes_the_seed_layout_and_a_completed_result(ray_session, token_cache, tmp_path):
+    settings = _settings(tmp_path, token_cache, "layout", ablation="full_physics", steps=30,
+                         monitoring=MonitoringSettings(checkpoint_interval=10, log_interval=5, viz_interval=15))
+    outcome = run_training(settings)
+    assert outcome.status == "completed", outcome.error
+    run_dir = outcome.run_dir
+    assert run_dir.name.startswith("layout_")
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert results["final_metrics"]["total_steps"] == 30
+    assert Path(results["best_checkpoint"]).is_file()
+    assert results["generation_samples"][0].startswith("The theory of quantum mechanics suggests")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["spec"]["experiment"]["name"] == "full_physics"
+    assert config["hardware"]["cpu_count"] >= 1
+    steps = [r["step"] for r in MetricsLogger(run_dir / "logs").load_metrics()]
+    assert steps == [0, 5, 10, 15, 20, 25, 29]
+    rows = MetricsLogger(run_dir / "logs").load_metrics()
+    assert all("coherence_loss" in r and "wave_ratio" in r for r in rows)
+    for plot in ("training_dynamics", "frequencies", "phases", "harmonics", "wave_packets"):
+        assert (run_dir / "visualizations" / f"{plot}_step_15.png").stat().st_size > 0
+    assert {c["step"] for c in CheckpointManager(run_dir).list_checkpoints()} >= {20, 29}
+
+
+def test_no_monitoring_writes_nothing(ray_session, token_cache, tmp_path):
+    settings = _settings(tmp_path, token_cache, "quiet", steps=20,
+                         monitoring=MonitoringSettings(enabled=False))
+    outcome = run_training(settings)
+    assert outcome.status == "completed", outcome.error
+    assert outcome.run_dir is None
+    assert outcome.final_metrics["total_steps"] == 20
+    assert not (tmp_path / "quiet").exists()
+
+
+def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
+    settings = _settings(tmp_path, token_cache, "diverge", steps=40, lr=1e12, warmup_steps=0)
+    outcome = run_training(settings)
+    assert outcome.status == "failed"
+    assert "training diverged at step" in outcome.error
+    results = json.loads((outcome.run_dir / "results.json").read_text())
+    assert results["status"] == "failed"
+    assert "training diverged" in results["error"]
+
+
+def test_resume_must_without_a_run_is_a_config_error(token_cache, tmp_path):
+    settings = _settings(tmp_path, token_cache, "nothing", resume="must")
+    with pytest.raises(ConfigError, match="no unfinished run named 'nothing'"):
+        run_training(settings)
+    assert not (tmp_path / "nothing").exists()
