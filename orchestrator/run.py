@@ -7,6 +7,7 @@ the files, and the workers restore the latest committed checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from ray.train.torch import TorchTrainer
 
 from orchestrator.monitor import MonitorActor
 from orchestrator.monitoring import create_experiment_directory, generate_experiment_id
-from orchestrator.settings import RunSettings
+from orchestrator.settings import MonitoringSettings, RunSettings, build_run_settings
 from orchestrator.worker import train_loop_per_worker
 from spectral_gpt.config import ConfigError
 from spectral_gpt.data import BatchSampler, TokenDataset
@@ -181,3 +182,19 @@ def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None
         return RunOutcome("failed", run_dir, error=error, start_step=start)
     return RunOutcome(final["status"], run_dir, final["final_metrics"], final["error"],
                       final["generation_samples"], start_step=start)
+
+
+def train_experiment(experiment: str = "wave_baseline", model: str = "tiny", steps: int = 500, *,
+                     experiment_dir: str | os.PathLike | None = None, enable_monitoring: bool = True,
+                     **settings: Any) -> RunOutcome:
+    """The seed's Python entry point: train one ablation on Ray and return its outcome.
+
+    ``experiment_dir`` is the folder that holds run folders (default ``./experiments``);
+    ``enable_monitoring=False`` runs without writing any file. Other keyword arguments are those of
+    :func:`orchestrator.settings.build_run_settings` (``seed``, ``dataset``, ``scaling``, ``lr`` ...).
+    """
+    monitoring = settings.pop("monitoring", None) or MonitoringSettings()
+    monitoring = dataclasses.replace(monitoring, enabled=enable_monitoring)
+    run = build_run_settings(ablation=experiment, size=model, steps=steps, monitoring=monitoring,
+                             output=experiment_dir if experiment_dir is not None else "experiments", **settings)
+    return run_training(run)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import run_training
+from orchestrator.run import run_training, train_experiment
 from orchestrator.settings import MonitoringSettings, ScalingSettings, build_run_settings
 from spectral_gpt.config import ConfigError
 
@@ -88,13 +88,13 @@ def test_run_writes_the_seed_layout_and_a_completed_result(ray_session, token_ca
     assert {c["step"] for c in CheckpointManager(run_dir).list_checkpoints()} >= {20, 29}
 
 
-def test_no_monitoring_writes_nothing(ray_session, token_cache, tmp_path):
-    settings = _settings(tmp_path, token_cache, "quiet", steps=20,
-                         monitoring=MonitoringSettings(enabled=False))
-    outcome = run_training(settings)
+def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_cache, tmp_path):
+    outcome = train_experiment("standard_transformer", "tiny", 20, experiment_dir=tmp_path / "quiet",
+                               enable_monitoring=False, cache_dir=token_cache, batch_size=8)
     assert outcome.status == "completed", outcome.error
     assert outcome.run_dir is None
     assert outcome.final_metrics["total_steps"] == 20
+    assert outcome.generation_samples and outcome.final_metrics["val_loss"] > 0
     assert not (tmp_path / "quiet").exists()
 
 
