@@ -9,13 +9,24 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
 from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, MODEL_SIZES, ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes read like a ConfigError: one ``spectral-gpt: error:`` line, exit 2.
+
+    argparse's own ``error()`` prints the (long) usage first; a user, a log or ``ray job logs``
+    should see the same single line for ``--steps abc`` as for ``--lr -1``. Sub-parsers inherit it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"spectral-gpt: error: {message} (see '{self.prog} --help')\n")
 
 
 def _positive_int(text: str) -> int:
@@ -75,7 +86,10 @@ def settings_from_args(args: argparse.Namespace, ablation: str, name: str | None
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``spectral-gpt`` parser with one sub-command per job kind."""
-    parser = argparse.ArgumentParser(prog="spectral-gpt", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="spectral-gpt", description=__doc__.splitlines()[0],
+                     epilog="With no COMMAND the flags are train's, e.g. spectral-gpt --experiment "
+                            "wave_baseline --steps 500; rerunning a command continues its unfinished run "
+                            "(--resume auto). See 'spectral-gpt train --help'.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = False
     train = commands.add_parser("train", help="train one ablation on Ray (the default command)")
@@ -104,9 +118,21 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
     settings = settings_from_args(args, args.experiment, args.name)
     columns = (TextColumn("[bold]{task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.description}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("starting", total=settings.spec.train.steps, name=settings.name)
-        outcome = run_training(settings, on_progress=lambda snap: _print_progress(progress, task, snap))
+    progress = Progress(*columns, console=console, transient=False)
+    tasks: list[Any] = []
+
+    def show(snapshot: dict[str, Any]) -> None:
+        # The bar starts with the first snapshot, i.e. once the run passed validation and Ray is up,
+        # so a mistake (ConfigError) prints only its error line, not a "0/500 starting" bar too.
+        if not tasks:
+            progress.start()
+            tasks.append(progress.add_task("starting", total=settings.spec.train.steps, name=settings.name))
+        _print_progress(progress, tasks[0], snapshot)
+
+    try:
+        outcome = run_training(settings, on_progress=show)
+    finally:
+        progress.stop()  # a no-op when it never started
     metrics = outcome.final_metrics
     where = f" in {outcome.run_dir}" if outcome.run_dir else ""
     if outcome.status != "completed":

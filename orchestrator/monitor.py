@@ -64,8 +64,9 @@ class RunMonitor:
                 model = build_model_from_config(self.settings.spec.model)
                 self.tracker.save_config(self.settings.to_dict(), model=model,
                                          dataset_info=self.dataset_info, hardware=hardware)
-        self.progress.setdefault("resumed_from", start_step)
-        self.progress.update(step=start_step, status="running", start_step=start_step, attempt=self.attempt)
+        kept = {k: v for k, v in self.progress.items() if k in ("resumed_from", "checkpoint_step")}
+        self.progress = {"resumed_from": start_step, **kept, "step": start_step, "status": "running",
+                         "start_step": start_step, "attempt": self.attempt}
         return self.attempt
 
     def register_worker(self, rank: int, pid: int) -> None:

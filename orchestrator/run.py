@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,19 +99,19 @@ def _status(folder: Path) -> str | None:
         return None
 
 
-def resolve_run_dir(settings: RunSettings) -> tuple[Path | None, bool]:
-    """(run folder or None when monitoring is off, whether it is a resumed run); may raise ConfigError."""
+def resolve_run_dir(settings: RunSettings) -> Path | None:
+    """The run folder (None when monitoring is off), found or created per ``settings.resume``."""
     if not settings.monitoring.enabled:
         if settings.resume == "must":
             raise ConfigError("--resume must needs monitoring (checkpoints on disk); drop --no-monitoring")
-        return None, False
+        return None
     existing = None if settings.resume == "never" else find_unfinished_run(settings)
     if existing is not None:
-        return existing, True
+        return existing
     if settings.resume == "must":
         raise ConfigError(f"--resume must: no unfinished run named {settings.name!r} in {settings.output}")
     exp_id = generate_experiment_id(settings.name, settings.output)
-    return Path(create_experiment_directory(settings.output, exp_id)["root"]), False
+    return Path(create_experiment_directory(settings.output, exp_id)["root"])
 
 
 def connect_ray(num_cpus: int | None = None) -> None:
@@ -127,21 +128,33 @@ def connect_ray(num_cpus: int | None = None) -> None:
 
 
 def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], None] | None = None,
-                 poll_seconds: float = 0.5) -> RunOutcome:
-    """Train one run to its end on Ray; user mistakes raise ConfigError before anything is written."""
+                 poll_seconds: float = 0.5, *, run_dir: Path | None = None, report_to_ray: bool = False,
+                 callbacks: list[Any] | None = None) -> RunOutcome:
+    """Train one run to its end on Ray; user mistakes raise ConfigError before anything is written.
+
+    ``run_dir`` pins the run folder (a sweep trial's ``{sweep}/{ablation}``), continuing whatever
+    it already holds; by default the folder follows ``settings.resume``. ``report_to_ray`` makes
+    every validation a ``ray.train.report`` (a barrier across workers, throttled to the controller's
+    poll), which only a Tune trial needs, together with its ``callbacks``.
+    """
     dataset = prepare_data(settings)
-    run_dir, resumed = resolve_run_dir(settings)
+    if run_dir is None:
+        run_dir = resolve_run_dir(settings)
+    else:
+        run_dir = Path(create_experiment_directory(run_dir.parent, run_dir.name)["root"])
     connect_ray()
     monitor = MonitorActor.remote(str(run_dir) if run_dir else None, settings.to_dict(), dataset.info())
-    storage = run_dir if run_dir else Path(tempfile.mkdtemp(prefix="spectral-gpt-"))
+    storage = run_dir / ".ray" if run_dir else Path(tempfile.mkdtemp(prefix="spectral-gpt-"))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"settings": settings.to_dict(), "monitor": monitor},
+        train_loop_config={"settings": settings.to_dict(), "monitor": monitor, "report": report_to_ray},
         scaling_config=ray.train.ScalingConfig(num_workers=settings.scaling.workers,
                                                use_gpu=settings.scaling.use_gpu),
         run_config=ray.train.RunConfig(
-            name="ray_train", storage_path=str(storage / ".ray") if run_dir else str(storage),
-            failure_config=ray.train.FailureConfig(max_failures=settings.scaling.max_failures)),
+            # A fresh Ray run per invocation: resume state comes from our checkpoints, never Ray's.
+            name=f"invocation_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}", storage_path=str(storage),
+            failure_config=ray.train.FailureConfig(max_failures=settings.scaling.max_failures),
+            callbacks=callbacks or None),
     )
     try:
         fit_error = _fit_with_progress(trainer, monitor, on_progress, poll_seconds)

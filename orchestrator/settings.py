@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spectral_gpt.config import (
     BATCH_SIZES,
     GPT2_VOCAB,
@@ -138,6 +140,11 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
     vocab_size = vocab_size or (GPT2_VOCAB if dataset == "fineweb-edu" else 1024)
     model = model_config_for(size, exp, vocab_size=vocab_size)
     monitoring = monitoring or MonitoringSettings()
+    scaling = scaling or ScalingSettings()
+    if scaling.use_gpu and not os.environ.get("RAY_ADDRESS") and not torch.cuda.is_available():
+        # A private local cluster would have no GPU resource and Ray would wait for one forever.
+        raise ConfigError("--gpu (use_gpu=True) needs a CUDA GPU, but torch.cuda.is_available() is False "
+                          "here; drop --gpu, or submit to a GPU cluster (RAY_ADDRESS / ray job submit)")
     train = TrainConfig(steps=steps, seed=seed, batch_size=batch_size or BATCH_SIZES[size],
                         eval_interval=eval_interval or min(250, monitoring.checkpoint_interval, steps))
     return RunSettings(
@@ -145,7 +152,7 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
         spec=RunSpec(model=model, experiment=exp, train=train),
         data=DataSettings(dataset=dataset, vocab_size=vocab_size,
                           cache_dir=os.path.abspath(cache_dir) if cache_dir else default_cache_dir()),
-        monitoring=monitoring, scaling=scaling or ScalingSettings(), resume=resume)
+        monitoring=monitoring, scaling=scaling, resume=resume)
 
 
 def _replace(exp: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:

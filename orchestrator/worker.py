@@ -136,7 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 sink.save(s, _cpu_copy(state.state_dict()), val_loss)
             if (s > 0 and s % mon.viz_interval == 0) or last:
                 actor.visualize.remote(sink.attempt, s, _cpu_copy(state.model.state_dict()))
-        if val_loss is not None:
+        if val_loss is not None and config["report"]:
             ray.train.report({"step": s, "val_loss": val_loss, "best_val_loss": state.early_stopping.best})
     _finish(state, sink, dataset, error, last_val, time.perf_counter() - started, start_tokens)
 
@@ -152,7 +152,7 @@ def _finish(state: TrainState, sink: _Sink | None, dataset: TokenDataset, error:
         "best_step": es.best_step, "tokens_seen": state.tokens_seen, "total_time_seconds": seconds,
         "tokens_per_second": (state.tokens_seen - start_tokens) / max(seconds, 1e-9),
         "num_parameters": sum(p.numel() for p in state.model.parameters()),
-        "early_stopped": es.should_stop,
+        "early_stopped": es.should_stop, "torch_threads": torch.get_num_threads(),
     }
     if error is not None:
         ray.get(sink.actor.finish.remote("failed", final, None, error))

@@ -1,0 +1,91 @@
+"""What Ray orchestration costs: tokens/s against a bare PyTorch loop, and worker-kill recovery time."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from orchestrator.run import connect_ray, run_training
+from orchestrator.settings import MonitoringSettings, ScalingSettings, build_run_settings
+from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
+from spectral_gpt.training import TrainState, evaluate, train_step
+
+
+def _machine() -> dict[str, Any]:
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _result(name: str, value: float, unit: str, baseline: float, goal: str, **details: Any) -> dict[str, Any]:
+    return {"name": name, "value": value, "unit": unit, "baseline": baseline,
+            "ratio": value / baseline if baseline else None, "goal": goal, "details": details,
+            "machine": _machine()}
+
+
+def _bare_loop_tokens_per_sec(settings, threads: int) -> float:
+    """The same steps and evaluations as a run, in one process with no Ray and no monitoring."""
+    spec = settings.spec
+    dataset = TokenDataset.prepare(settings.data.dataset, settings.data.cache_dir, settings.data.vocab_size)
+    torch.set_num_threads(threads)
+    state = TrainState(spec)
+    sampler = BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
+    val = validation_batches(dataset.val, spec.model.block_size, spec.train.batch_size, spec.train.eval_batches)
+    started = time.perf_counter()
+    while state.step < spec.train.steps:
+        result = train_step(state, sampler.batch)
+        if (result.step > 0 and result.step % spec.train.eval_interval == 0) or state.step == spec.train.steps:
+            state.early_stopping.update(evaluate(state, val), result.step)
+    return state.tokens_seen / (time.perf_counter() - started)
+
+
+def orchestration_overhead(quick: bool = False) -> dict[str, Any]:
+    """tokens/s of a real monitored 1-worker run / a bare loop of the same model, batch and threads."""
+    steps = 200 if quick else 1000
+    with tempfile.TemporaryDirectory() as out:
+        settings = build_run_settings(steps=steps, output=out, name="overhead", resume="never",
+                                      monitoring=MonitoringSettings(checkpoint_interval=250, viz_interval=500))
+        threads = 1  # a Ray Train worker with one CPU runs torch on one thread (OMP_NUM_THREADS=1)
+        bare = _bare_loop_tokens_per_sec(settings, threads)
+        outcome = run_training(settings)
+    ours = outcome.final_metrics["tokens_per_second"]
+    return _result("orchestration_overhead", ours, "tokens/s", bare, ">= 0.97", steps=steps,
+                   threads=threads, worker_threads=outcome.final_metrics.get("torch_threads"),
+                   model="tiny wave_baseline", status=outcome.status)
+
+
+def recovery_time(quick: bool = False) -> dict[str, Any]:
+    """Seconds from SIGKILL of one of 2 workers to the first step of the resumed group."""
+    steps = 400 if quick else 800
+    marks: dict[str, float] = {}
+
+    def watch(progress: dict[str, Any]) -> None:
+        if "kill" not in marks and progress.get("checkpoint_step", 0) >= 20 and 1 in progress.get("workers", {}):
+            marks["kill"] = time.perf_counter()
+            os.kill(progress["workers"][1], signal.SIGKILL)
+        elif "kill" in marks and "resumed" not in marks and progress.get("attempt", 1) > 1 \
+                and progress.get("step", -1) >= progress.get("start_step", 0) and "loss" in progress:
+            marks["resumed"] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as out:
+        settings = build_run_settings(steps=steps, output=out, name="recovery", batch_size=16, resume="never",
+                                      monitoring=MonitoringSettings(checkpoint_interval=20, log_interval=1),
+                                      scaling=ScalingSettings(workers=2, max_failures=2))
+        connect_ray()
+        outcome = run_training(settings, on_progress=watch, poll_seconds=0.02)
+    seconds = marks.get("resumed", float("nan")) - marks.get("kill", float("nan"))
+    return _result("recovery_time", seconds, "s", 7.5, "<= 10 s", steps=steps, status=outcome.status,
+                   note="baseline = Ray alone restarting a 2-worker group here (spec/ray.md §3)")
+
+
+BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
+    "orchestration_overhead": orchestration_overhead,
+    "recovery_time": recovery_time,
+}
+"""Benchmarks by name, as `python -m benchmarks NAME` accepts them."""
