@@ -24,6 +24,7 @@ from spectral_gpt.config import (
     TrainConfig,
     get_ablation,
     model_config_for,
+    require_int,
 )
 from spectral_gpt.training import RunSpec
 
@@ -62,9 +63,7 @@ class MonitoringSettings:
 
     def __post_init__(self) -> None:
         for name in ("checkpoint_interval", "keep_last", "log_interval", "viz_interval"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+            require_int(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -77,10 +76,8 @@ class ScalingSettings:
     """Worker-group restarts Ray may make before the run fails (``FailureConfig(max_failures)``)."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ConfigError(f"workers={self.workers!r} must be an integer >= 1")
-        if not isinstance(self.max_failures, int) or self.max_failures < -1:
-            raise ConfigError(f"max_failures={self.max_failures!r} must be an integer >= 0 (or -1 for no limit)")
+        require_int("workers", self.workers)
+        require_int("max_failures", self.max_failures, minimum=-1)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ def _positive(field: str, value: Any, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{field}={value!r} must be a finite number {bound}")
 
 
-def _integer(field: str, value: Any, *, minimum: int = 1) -> None:
+def require_int(field: str, value: Any, *, minimum: int = 1) -> None:
+    """Raise a one-line ConfigError unless ``value`` is an integer >= ``minimum`` (bools are not integers)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{field}={value!r} must be an integer >= {minimum}")
 
@@ -54,8 +55,26 @@ def _fraction(field: str, value: Any, *, closed_top: bool = False) -> None:
         raise ConfigError(f"{field}={value!r} must be in [0, {top}")
 
 
+class _JsonConfig:
+    """Plain-JSON round trip shared by every config: what checkpoints and config.json store."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form, as stored in checkpoints and config.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Inverse of :meth:`to_dict`; unknown keys are a user error, not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_JsonConfig):
     """The architecture of one network: enough to rebuild it from a checkpoint alone."""
 
     vocab_size: int
@@ -88,7 +107,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_waves",
                      "num_harmonics", "block_size"):
-            _integer(name, getattr(self, name))
+            require_int(name, getattr(self, name))
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
@@ -105,18 +124,10 @@ class ModelConfig:
         """D = d_model / num_heads."""
         return self.d_model // self.num_heads
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, as stored in checkpoints and config.json."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are a user error, not silently dropped."""
-        return _from_dict(cls, data)
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_JsonConfig):
     """One ablation: which model parts and physics are on, with the hyper-parameters of spec 4.1-4.2."""
 
     name: str
@@ -161,27 +172,19 @@ class ExperimentConfig:
         _positive("lr", self.lr)
         _positive("weight_decay", self.weight_decay, allow_zero=True)
         _fraction("dropout", self.dropout)
-        _integer("warmup_steps", self.warmup_steps, minimum=0)
+        require_int("warmup_steps", self.warmup_steps, minimum=0)
         _fraction("rgd_strength", self.rgd_strength, closed_top=True)
-        _integer("rgd_warmup_steps", self.rgd_warmup_steps, minimum=0)
+        require_int("rgd_warmup_steps", self.rgd_warmup_steps, minimum=0)
         _positive("qfe_lambda", self.qfe_lambda, allow_zero=True)
         _positive("qfe_threshold", self.qfe_threshold, allow_zero=True)
-        _integer("qfe_projection_dim", self.qfe_projection_dim)
-        _integer("patience", self.patience)
+        require_int("qfe_projection_dim", self.qfe_projection_dim)
+        require_int("patience", self.patience)
         _positive("min_delta", self.min_delta, allow_zero=True)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, as stored in checkpoints and config.json."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
-        """Inverse of :meth:`to_dict`."""
-        return _from_dict(cls, data)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_JsonConfig):
     """How long and on what a run trains: the knobs that are equal for every ablation in a grid."""
 
     steps: int = 500
@@ -200,31 +203,14 @@ class TrainConfig:
     """Global L2 norm clip before every optimiser step."""
 
     def __post_init__(self) -> None:
-        _integer("steps", self.steps)
-        _integer("seed", self.seed, minimum=0)
-        _integer("batch_size", self.batch_size)
-        _integer("grad_accum_steps", self.grad_accum_steps)
-        _integer("eval_interval", self.eval_interval)
-        _integer("eval_batches", self.eval_batches)
+        require_int("steps", self.steps)
+        require_int("seed", self.seed, minimum=0)
+        require_int("batch_size", self.batch_size)
+        require_int("grad_accum_steps", self.grad_accum_steps)
+        require_int("eval_interval", self.eval_interval)
+        require_int("eval_batches", self.eval_batches)
         _positive("grad_clip", self.grad_clip)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON form, as stored in checkpoints and config.json."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Inverse of :meth:`to_dict`."""
-        return _from_dict(cls, data)
-
-
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}; "
-                          f"allowed: {', '.join(sorted(known))}")
-    return cls(**data)
 
 
 GPT2_VOCAB = 50257

@@ -2,7 +2,7 @@
 
     idx (B,T) -> embedding -> L x block -> ln_f -> head -> logits (B,T,V) [-> mean cross-entropy]
 
-WaveGPT: wave embedding (v1 or v2), pre-LN WaveBlocks (attention by ``cfg.attention``, GELU + 0.1·sin
+WaveGPT: wave embedding (v1 or v2), pre-LN blocks (attention by ``cfg.attention``, GELU + 0.1·sin
 MLP), ln_f, CollapseHead (its own LayerNorm + biased Linear). StandardGPT: token + position table,
 pre-LN blocks with causal SDPA attention and a GELU MLP, ln_f, bias-free head. No weight tying
 anywhere, as in the original, so parameter counts match spec 1.9.
@@ -35,15 +35,15 @@ class WaveResonanceMLP(nn.Module):
         return self.dropout(self.proj(h))
 
 
-class WaveBlock(nn.Module):
-    """Pre-LN residual block of WaveGPT; the attention kind comes from ``cfg.attention``."""
+class Block(nn.Module):
+    """Pre-LN residual block shared by both models; they differ only in the attention and MLP they pass."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, d_model: int, attn: nn.Module, mlp: nn.Module) -> None:
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = build_attention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = WaveResonanceMLP(cfg)
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = attn
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = mlp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,T,d) -> (B,T,d)."""
@@ -63,22 +63,6 @@ class StandardMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,T,d) -> (B,T,d)."""
         return self.dropout(self.proj(F.gelu(self.fc(x))))
-
-
-class StandardBlock(nn.Module):
-    """Pre-LN GPT-2 block of the control: causal softmax attention + GELU MLP."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = StandardMLP(cfg)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,T,d) -> (B,T,d)."""
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
 
 
 class CollapseHead(nn.Module):
@@ -154,13 +138,14 @@ class _LanguageModel(nn.Module):
 
 
 class WaveGPT(_LanguageModel):
-    """The Wave GPT of spec 1.2: wave embedding, WaveBlocks, ln_f and CollapseHead."""
+    """The Wave GPT of spec 1.2: wave embedding, pre-LN blocks, ln_f and CollapseHead."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.embedding = build_wave_embedding(cfg)
-        self.blocks = nn.ModuleList(WaveBlock(cfg) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(Block(cfg.d_model, build_attention(cfg), WaveResonanceMLP(cfg))
+                                    for _ in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = CollapseHead(cfg)
         self.apply(self._init_weights)
@@ -190,7 +175,8 @@ class StandardGPT(_LanguageModel):
         super().__init__()
         self.cfg = cfg
         self.embedding = StandardEmbedding(cfg)
-        self.blocks = nn.ModuleList(StandardBlock(cfg) for _ in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(Block(cfg.d_model, CausalSelfAttention(cfg), StandardMLP(cfg))
+                                    for _ in range(cfg.num_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
