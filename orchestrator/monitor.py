@@ -20,6 +20,7 @@ import torch
 
 from orchestrator.monitoring import CheckpointManager, ConfigTracker, MetricsLogger, VisualizationManager
 from orchestrator.settings import RunSettings
+from orchestrator.telemetry import RunTelemetry
 from spectral_gpt.model import build_model_from_config
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ class RunMonitor:
         self.final: dict[str, Any] | None = None
         self._memory_state: dict[str, Any] | None = None
         self._plot_model: torch.nn.Module | None = None
+        run = self.run_dir.name if self.run_dir else self.settings.name
+        self.telemetry = RunTelemetry(run, self.settings.ablation)
         if self.run_dir is None:
             self.checkpoints = self.metrics = self.plots = self.tracker = None
             return
@@ -78,6 +81,7 @@ class RunMonitor:
         if attempt != self.attempt or not rows:
             return
         self.progress.update({k: v for k, v in rows[-1].items() if _is_number(v)})
+        self.telemetry.record(rows[-1])
         if self.metrics is None:
             return
         for row in rows:

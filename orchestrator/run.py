@@ -38,6 +38,8 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
+    # The Train page of the dashboard shows runs only with state tracking on (off by default).
+    "RAY_TRAIN_ENABLE_STATE_TRACKING": "1",
 }
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -44,15 +45,19 @@ def _cluster_pids(temp_dir: str) -> list[int]:
 
 @pytest.fixture
 def head_node():
-    """A `ray start --head` cluster on loopback, token auth on; yields its dashboard address."""
+    """A `ray start --head` cluster on loopback, token auth on; yields (dashboard, metrics) addresses."""
     temp_dir = tempfile.mkdtemp(prefix="sgray-", dir="/tmp")  # short: AF_UNIX paths are limited
-    gcs, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    gcs, dashboard, metrics, agent, agent_grpc = (_free_port() for _ in range(5))
+    # Export metrics every second instead of every 10 s, so the test sees them while the job runs.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_metrics_report_interval_ms": "1000"}
     subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=120)
+                    f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}", "--num-cpus=2",
+                    # Not the default agent ports: the test session's own Ray instance may hold them.
+                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=120)
     try:
-        yield f"http://127.0.0.1:{dashboard}"
+        yield f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics"
     finally:
         for pid in _cluster_pids(temp_dir):
             try:
@@ -67,20 +72,51 @@ def head_node():
         assert not leftover, f"processes of the test cluster survived: {leftover}"
 
 
-def test_ray_job_submit_runs_train_on_the_cluster(head_node, token_cache, tmp_path):
+def _job(env: dict, *args: str) -> str:
+    """Run `ray job ...`; a fresh head answers "No available agent" until its job agent is up, so wait for it."""
+    deadline = time.time() + 90
+    while True:
+        done = subprocess.run([str(BIN / "ray"), "job", *args], env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode == 0 or "No available agent" not in done.stderr or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert done.returncode == 0, f"ray job {args[0]} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
+def _our_series(metrics_url: str) -> list[str]:
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.startswith("ray_spectral_gpt_")]
+
+
+def test_ray_job_submit_runs_train_and_exports_dashboard_metrics(head_node, token_cache, tmp_path):
+    dashboard, metrics_url = head_node
     output = tmp_path / "runs"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": head_node}
-    runtime_env = {"env_vars": {"SPECTRAL_GPT_CACHE": token_cache, "RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}}
-    submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "-m", "orchestrator.cli", "train", "--steps", "30", "--checkpoint-interval", "10",
-         "--output", str(output), "--name", "jobrun"],
-        env=env, capture_output=True, text=True, timeout=400)
-    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "succeeded" in submit.stdout
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": dashboard}
+    runtime_env = {"env_vars": {"SPECTRAL_GPT_CACHE": token_cache}}
+    _job(env, "submit", "--no-wait", "--submission-id", "sgjob", "--runtime-env-json", json.dumps(runtime_env),
+         "--", sys.executable, "-m", "orchestrator.cli", "train", "--steps", "250", "--checkpoint-interval", "100",
+         "--output", str(output), "--name", "jobrun")
+    series: list[str] = []
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        status = _job(env, "status", "sgjob").lower()
+        series = series or [s for s in _our_series(metrics_url) if 'ablation="wave_baseline"' in s]
+        if any(f"job 'sgjob' {word}" in status for word in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(0.5)
+    assert "job 'sgjob' succeeded" in status, status + _job(env, "logs", "sgjob")[-3000:]
+
     runs = list(output.glob("jobrun_*"))
     assert len(runs) == 1
     results = json.loads((runs[0] / "results.json").read_text())
     assert results["status"] == "completed"
-    assert results["final_metrics"]["total_steps"] == 30
+    assert results["final_metrics"]["total_steps"] == 250
     assert (runs[0] / "logs" / "metrics.parquet").stat().st_size > 0
+    names = {line.split("{")[0] for line in series}
+    assert {"ray_spectral_gpt_loss", "ray_spectral_gpt_step", "ray_spectral_gpt_tokens_per_sec"} <= names, series
+    assert all(f'run="{runs[0].name}"' in line for line in series)
