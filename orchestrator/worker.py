@@ -138,6 +138,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 actor.visualize.remote(sink.attempt, s, _cpu_copy(state.model.state_dict()))
         if val_loss is not None and config["report"]:
             ray.train.report({"step": s, "val_loss": val_loss, "best_val_loss": state.early_stopping.best})
+    if last_val is None and error is None:  # restored a finished state: the driver died before results.json
+        last_val = evaluate(state, val)
     _finish(state, sink, dataset, error, last_val, time.perf_counter() - started, start_tokens)
 
 
