@@ -1,4 +1,4 @@
-"""The ``spectral-gpt`` command line.
+"""The ``spectral-gpt`` command line: train one ablation, sweep many on Ray Tune, compare and list runs.
 
 Every flag maps onto one field of :class:`orchestrator.settings.RunSettings`; the whole tree is
 validated before Ray starts or a file is written, and a user mistake exits with code 2 and one line.
@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"one of: {', '.join(ABLATIONS)}")
     train.add_argument("--name", default=None, help="run name (default: the ablation); letters, digits, . _ -")
     add_run_arguments(train, steps_default=500)
+    train.set_defaults(handler=run_train)
+    from orchestrator.sweep_cli import register_commands  # it builds on this module's run arguments
+
+    register_commands(commands)
     return parser
 
 
@@ -155,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console(stderr=False)
     try:
-        return run_train(args, console)
+        return args.handler(args, console)
     except ConfigError as exc:
         parser.exit(2, f"spectral-gpt: error: {exc}\n")
     except KeyboardInterrupt:

@@ -1,0 +1,387 @@
+"""Ablation sweeps: a Ray Tune grid with one trial per (ablation, seed), that restores itself.
+
+A sweep folder ``{output}/{name}_{timestamp}_{git}`` holds::
+
+    sweep.json         the grid and every trial's settings, written before Ray starts
+    {ablation}/        one run folder per trial, the seed's layout ({ablation}_seed{seed} with --seeds > 1)
+    tune/              Ray Tune's experiment: its state for a restore, and its ResultGrid
+    summary.*  plots/  the sweep summary, built from the run folders when the grid ends
+
+Every trial is a Tune function that trains one monitored run with its folder pinned, so a trial that
+Tune starts again (a retry after an error, or a restore after the driver died) continues from the
+run's own last checkpoint, and a trial whose run already ended reports the stored result without
+training. Running the same command again finds the unfinished sweep by name and restores it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.tune as tune
+import torch
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.result_grid import ResultGrid
+from ray.tune.schedulers import ASHAScheduler
+
+from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
+from orchestrator.run import RAY_ENV_DEFAULTS, connect_ray, prepare_data, run_training
+from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings
+from orchestrator.summary import (
+    SWEEP_FILE,
+    RunRecord,
+    Summary,
+    load_run,
+    load_sweep_record,
+    run_row,
+    write_summary,
+)
+from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, ConfigError
+
+SCHEDULERS = ("none", "asha")
+API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
+"""Where Ray's state API clients (Train's placement-group cleaner among them) look for the dashboard."""
+TUNE_FOLDER = "tune"
+TRIAL_RESOURCES = {"cpu": 0, "memory": 2**20}
+"""What a trial holds itself: it only waits on its TorchTrainer, whose workers take the CPUs/GPUs.
+Tune's default (1 CPU) would starve those workers, ``{"cpu": 0}`` alone is rejected as an empty
+request, and any CPU fraction leaves ``max_concurrent x workers`` whole CPUs short of the machine
+(spec/ray.md §4). One MiB of Ray's logical memory is a request every node can grant; concurrency is
+capped by ``max_concurrent_trials``, which also works on a cluster without a custom resource."""
+
+
+class TrialFailedError(RuntimeError):
+    """A run ended without a result of its own (its workers kept failing): Tune may retry the trial."""
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """One validated sweep: the settings of every trial plus how the grid runs."""
+
+    name: str
+    """Sweep name; the sweep folder is ``{output}/{name}_{timestamp}_{git}``."""
+    output: str
+    """Absolute folder that holds sweep folders."""
+    runs: tuple[RunSettings, ...]
+    """One per trial in grid order; they differ only in ablation, seed and name (equal footing)."""
+    max_concurrent: int
+    scheduler: str = "none"
+    """``none`` runs every trial to the end; ``asha`` stops trials clearly behind on validation loss."""
+    trial_retries: int = 2
+    """Times Tune restarts a trial that raised (``tune.FailureConfig``); each restart resumes the run."""
+    resume: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not NAME_PATTERN.match(self.name):
+            raise ConfigError(f"name={self.name!r} must be 1-100 letters, digits, '.', '_' or '-', "
+                              "starting with a letter or digit (no path separators)")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler={self.scheduler!r} is not one of: {', '.join(SCHEDULERS)}")
+        if self.resume not in RESUME_MODES:
+            raise ConfigError(f"resume={self.resume!r} is not one of: {', '.join(RESUME_MODES)}")
+        if not isinstance(self.trial_retries, int) or self.trial_retries < -1:
+            raise ConfigError(f"trial_retries={self.trial_retries!r} must be an integer >= 0 (or -1 for no limit)")
+        if not isinstance(self.max_concurrent, int) or self.max_concurrent < 1:
+            raise ConfigError(f"max_concurrent={self.max_concurrent!r} must be an integer >= 1")
+        if not self.runs:
+            raise ConfigError("a sweep needs at least one ablation")
+        footings = {json.dumps(_footing(r), sort_keys=True) for r in self.runs}
+        if len(footings) > 1:
+            raise ConfigError("every trial of a sweep must use the same size, steps, batch, data, scaling and "
+                              "monitoring")
+
+    @property
+    def ablations(self) -> list[str]:
+        return list(dict.fromkeys(r.ablation for r in self.runs))
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(dict.fromkeys(r.spec.train.seed for r in self.runs))
+
+
+def _footing(run: RunSettings) -> dict[str, Any]:
+    """What must be equal across a grid: everything but the ablation, its seed and its name."""
+    train = dataclasses.replace(run.spec.train, seed=0)
+    return {"size": run.size, "train": dataclasses.asdict(train), "data": dataclasses.asdict(run.data),
+            "scaling": dataclasses.asdict(run.scaling), "monitoring": dataclasses.asdict(run.monitoring)}
+
+
+def resolve_ablations(names: Sequence[str]) -> list[str]:
+    """Registry keys for ``names`` in the order given: ``all`` expands, aliases resolve, repeats drop."""
+    out: list[str] = []
+    for name in names:
+        keys = list(ABLATIONS) if name == "all" else [ABLATION_ALIASES.get(name, name)]
+        for key in keys:
+            if key not in ABLATIONS:
+                allowed = ", ".join(["all", *ABLATIONS, *ABLATION_ALIASES])
+                raise ConfigError(f"unknown ablation {name!r}; allowed: {allowed}")
+            if key not in out:
+                out.append(key)
+    if not out:
+        raise ConfigError("a sweep needs at least one ablation")
+    return out
+
+
+def trial_name(ablation: str, seed: int, several_seeds: bool) -> str:
+    """The run folder name of one trial inside its sweep folder."""
+    return f"{ablation}_seed{seed}" if several_seeds else ablation
+
+
+def local_capacity(run: RunSettings) -> tuple[int, str] | None:
+    """(CPUs or GPUs this machine has, which), or None on a cluster joined through RAY_ADDRESS."""
+    if os.environ.get("RAY_ADDRESS"):
+        return None
+    if run.scaling.use_gpu:
+        return torch.cuda.device_count(), "GPU"
+    return len(os.sched_getaffinity(0)), "CPU"
+
+
+def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, int, str], RunSettings], *,
+                         seed: int, seeds: int = 1, name: str = "ablations", output: str | os.PathLike = "experiments",
+                         max_concurrent: int | None = None, scheduler: str = "none", trial_retries: int = 2,
+                         resume: str = "auto") -> SweepSettings:
+    """Validate a sweep; ``make_run(ablation, seed, run_name)`` builds each trial's run settings.
+
+    Raises :class:`ConfigError` (one line) for an unknown ablation, ``seeds < 1``, or more concurrent
+    trials than this machine's CPUs (GPUs with ``--gpu``) can hold at ``workers`` per trial.
+    """
+    ablations = resolve_ablations(experiments)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ConfigError(f"seeds={seeds!r} must be an integer >= 1")
+    seed_values = [seed + i for i in range(seeds)]
+    runs = tuple(make_run(a, s, trial_name(a, s, seeds > 1)) for a in ablations for s in seed_values)
+    workers = runs[0].scaling.workers
+    capacity = local_capacity(runs[0])
+    if capacity is not None:
+        have, unit = capacity
+        fits = have // workers
+        if fits < 1:
+            raise ConfigError(f"one trial needs {workers} {unit}s (--workers {workers}) but this machine has "
+                              f"{have}; lower --workers")
+        if max_concurrent is not None and max_concurrent > fits:
+            raise ConfigError(f"max_concurrent={max_concurrent} needs {max_concurrent * workers} {unit}s "
+                              f"({workers} per trial) but this machine has {have}; use --max-concurrent {fits} "
+                              "or less")
+    if max_concurrent is None:
+        max_concurrent = len(runs) if capacity is None else min(len(runs), capacity[0] // workers)
+    return SweepSettings(name=name, output=os.path.abspath(os.fspath(output)), runs=runs,
+                         max_concurrent=max_concurrent, scheduler=scheduler, trial_retries=trial_retries,
+                         resume=resume)
+
+
+# -- the sweep folder --------------------------------------------------------------------------------
+
+def find_unfinished_sweep(settings: SweepSettings) -> Path | None:
+    """The newest sweep folder of this name that has not completed; ConfigError if its grid differs."""
+    output = Path(settings.output)
+    candidates = []
+    for folder in output.glob(f"{settings.name}_*") if output.is_dir() else ():
+        record = load_sweep_record(folder)
+        if record.get("name") == settings.name and record.get("status") != "completed":
+            candidates.append(((folder / SWEEP_FILE).stat().st_mtime, folder, record))
+    if not candidates:
+        return None
+    _, folder, record = max(candidates, key=lambda c: c[0])
+    saved = {name: run.get("spec") for name, run in record.get("runs", {}).items()}
+    wanted = json.loads(json.dumps({r.name: r.spec.to_dict() for r in settings.runs}))
+    if saved != wanted:
+        raise ConfigError(f"the unfinished sweep {folder} was started with another grid or other settings; "
+                          "rerun it with the same flags, or pass --resume never to start a new sweep")
+    return folder
+
+
+def resolve_sweep_dir(settings: SweepSettings) -> Path:
+    """The sweep folder: the unfinished one of this name (``resume`` auto/must) or a new one."""
+    existing = None if settings.resume == "never" else find_unfinished_sweep(settings)
+    if existing is not None:
+        return existing
+    if settings.resume == "must":
+        raise ConfigError(f"--resume must: no unfinished sweep named {settings.name!r} in {settings.output}")
+    return Path(settings.output) / generate_experiment_id(settings.name, settings.output)
+
+
+def write_sweep_record(sweep_dir: Path, settings: SweepSettings, runs: Sequence[RunSettings], status: str) -> None:
+    """(Re)write ``sweep.json``: the grid, how it runs, each trial's settings and the sweep's status."""
+    previous = load_sweep_record(sweep_dir)
+    atomic.write_json_atomic(sweep_dir / SWEEP_FILE, {
+        "format": 1, "name": settings.name, "status": status,
+        "created": previous.get("created") or datetime.now().isoformat(), "updated": datetime.now().isoformat(),
+        "ablations": settings.ablations, "seeds": settings.seeds, "max_concurrent": settings.max_concurrent,
+        "scheduler": settings.scheduler, "trial_retries": settings.trial_retries,
+        "trials": [{"name": r.name, "ablation": r.ablation, "seed": r.spec.train.seed} for r in runs],
+        "runs": {r.name: r.to_dict() for r in runs},
+    })
+
+
+# -- one trial (runs inside a Tune trial actor) -------------------------------------------------------
+
+def _is_final(results: dict[str, Any]) -> bool:
+    """Whether a run has ended for good: completed, or ended by its own loop (diverged, stopped early).
+
+    A run that failed with no final metrics was given up by the infrastructure (workers kept dying):
+    that one is worth another attempt, which resumes it. A diverged run would diverge again.
+    """
+    status = results.get("status")
+    return status == "completed" or (status in ("failed", "stopped") and bool(results.get("final_metrics")))
+
+
+def final_report(record: RunRecord) -> dict[str, Any]:
+    """A trial's last Tune result, from its run folder: final metrics and the best checkpoint's path."""
+    row = run_row(record)
+    return {"step": row["steps"], "val_loss": row["val_loss"], "best_val_loss": row["best_val_loss"],
+            "best_step": row["best_step"], "run_status": row["status"],
+            "checkpoint_path": record.results.get("best_checkpoint"), "run_dir": str(record.run_dir)}
+
+
+def run_trial(config: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """Tune function: train (or continue, or just report) the run of ``config``'s ablation and seed."""
+    settings = next(RunSettings.from_dict(r) for r in runs
+                    if r["ablation"] == config["ablation"] and r["spec"]["train"]["seed"] == config["seed"])
+    run_dir = Path(settings.output) / settings.name
+    record = load_run(run_dir)
+    if record is None or not _is_final(record.results):
+        outcome = run_training(settings, run_dir=run_dir, report_to_ray=True, callbacks=[TuneReportCallback()])
+        record = load_run(run_dir)
+        if record is None or (outcome.status != "completed" and not outcome.final_metrics):
+            raise TrialFailedError(f"run {settings.name} failed: {outcome.error}")
+    tune.report(final_report(record))
+
+
+def _trial_label(trial: Any) -> str:
+    return f"{trial.config['ablation']}_seed{trial.config['seed']}"
+
+
+# -- the driver -------------------------------------------------------------------------------------
+
+@dataclass
+class SweepOutcome:
+    """How a sweep ended: its folder, its summary, and the trials Tune gave up on."""
+
+    sweep_dir: Path
+    summary: Summary | None
+    """None when no trial got as far as writing its run folder (all of them errored at start)."""
+    errored: list[str]
+    """Run names whose trial still failed after ``trial_retries`` retries; rerunning the command retries."""
+    restored: bool
+
+
+def run_sweep(settings: SweepSettings) -> SweepOutcome:
+    """Run (or restore) the grid to its end and write the summary; ConfigError before Ray starts.
+
+    Raises KeyboardInterrupt when Ctrl-C stopped the grid (Tune saves its state and returns instead
+    of raising); running the same sweep again continues it.
+    """
+    for data_owner in {r.data: r for r in settings.runs}.values():
+        prepare_data(data_owner)  # tokenise once here, not racing in concurrent trials; data mistakes surface now
+    sweep_dir = resolve_sweep_dir(settings)
+    runs = [dataclasses.replace(r, output=str(sweep_dir)) for r in settings.runs]
+    write_sweep_record(sweep_dir, settings, runs, "unfinished")
+    capacity = local_capacity(runs[0])
+    _connect_ray(capacity[0] if capacity and capacity[1] == "CPU" else None)
+    tuner, restored = _tuner(settings, runs, sweep_dir)
+    tuner.fit()
+    grid = open_results(sweep_dir)  # the state Tune saved: after Ctrl-C, unfinished trials are PENDING there
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise KeyboardInterrupt(f"sweep {sweep_dir} interrupted")
+    errored = _settle(grid, runs, settings.scheduler)
+    records = [r for r in (load_run(sweep_dir / run.name) for run in runs) if r is not None]
+    summary = write_summary(records, sweep_dir, title=f"Sweep {sweep_dir.name}") if records else None
+    write_sweep_record(sweep_dir, settings, runs, "unfinished" if errored else "completed")
+    return SweepOutcome(sweep_dir, summary, errored, restored)
+
+
+def _connect_ray(num_cpus: int | None) -> None:
+    """Join the cluster named by RAY_ADDRESS, else start a local Ray with its dashboard on.
+
+    Train needs the dashboard here: when a trial actor dies (an ASHA stop ends a trial that way),
+    Train's placement-group cleaner asks the state API, which the dashboard serves, whether the run's
+    controller is gone; without an answer the dead run keeps its workers' CPUs and the trials after it
+    wait forever. Workers find that API through RAY_API_SERVER_ADDRESS, inherited from this process
+    when Ray starts, so other Ray instances on the machine (tests, other users) cannot mislead them.
+    """
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        for key, value in RAY_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+        port = _free_port()
+        previous = os.environ.get(API_SERVER_VARIABLE)
+        os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port,
+                     log_to_driver=False, logging_level=logging.WARNING)
+        finally:
+            if previous is None:
+                del os.environ[API_SERVER_VARIABLE]
+            else:
+                os.environ[API_SERVER_VARIABLE] = previous
+    connect_ray()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _tuner(settings: SweepSettings, runs: Sequence[RunSettings], sweep_dir: Path) -> tuple[tune.Tuner, bool]:
+    """The Tuner of this sweep: restored from ``tune/`` when a previous driver left state there."""
+    trainable = tune.with_resources(tune.with_parameters(run_trial, runs=[r.to_dict() for r in runs]),
+                                    TRIAL_RESOURCES)
+    tune_dir = str(sweep_dir / TUNE_FOLDER)
+    if tune.Tuner.can_restore(tune_dir):
+        return tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=True), True
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"ablation": tune.grid_search(settings.ablations), "seed": tune.grid_search(settings.seeds)},
+        tune_config=tune.TuneConfig(metric="val_loss", mode="min", max_concurrent_trials=settings.max_concurrent,
+                                    scheduler=_scheduler(runs[0], settings.scheduler),
+                                    trial_name_creator=_trial_label, trial_dirname_creator=_trial_label),
+        run_config=tune.RunConfig(name=TUNE_FOLDER, storage_path=str(sweep_dir),
+                                  failure_config=tune.FailureConfig(max_failures=settings.trial_retries)))
+    return tuner, False
+
+
+def _scheduler(run: RunSettings, kind: str) -> ASHAScheduler | None:
+    """ASHA on the step axis (Tune's own iteration count restarts on restore)."""
+    if kind != "asha":
+        return None
+    train = run.spec.train
+    grace = min(train.steps, max(train.eval_interval, train.steps // 9))
+    return ASHAScheduler(time_attr="step", max_t=train.steps, grace_period=grace, reduction_factor=3)
+
+
+def _settle(grid: ResultGrid, runs: Sequence[RunSettings], scheduler: str) -> list[str]:
+    """Record how each trial ended in its run folder; return the names of errored trials.
+
+    Every trial has ended (none was interrupted), so one that Tune terminated without error but
+    whose run has no final result was stopped by the scheduler: its results.json then says
+    ``stopped``, with the metrics it reached.
+    """
+    by_trial = {(r.ablation, r.spec.train.seed): r for r in runs}
+    errored = []
+    for result in grid:
+        run = by_trial[(result.config["ablation"], result.config["seed"])]
+        if result.error is not None:
+            errored.append(run.name)
+            continue
+        record = load_run(Path(run.output) / run.name)
+        if record is not None and not _is_final(record.results):
+            row = run_row(record)
+            ConfigTracker(record.run_dir).save_results(
+                {"total_steps": row["steps"], "val_loss": row["val_loss"], "best_val_loss": row["best_val_loss"],
+                 "best_step": row["best_step"], "num_parameters": record.params}, status="stopped",
+                error=f"stopped early by the {scheduler} scheduler: its validation loss was behind the others'")
+    return errored
+
+
+def open_results(sweep_dir: Path) -> ResultGrid:
+    """Tune's own ResultGrid of a sweep: each trial's last result (val_loss, checkpoint_path) and folder."""
+    return tune.Tuner.restore(str(Path(sweep_dir) / TUNE_FOLDER), trainable=run_trial).get_results()

@@ -1,0 +1,394 @@
+"""Ablation sweeps on real Ray Tune with the tiny model: a grid whose trial is retried after its worker
+died, a summary that matches every run's own files, Tune's ResultGrid, ``compare`` and ``ls``, a sweep
+driver SIGKILLed mid-trial and finished by the same command, and mistakes refused before Ray starts.
+
+Trials run one at a time (``--max-concurrent 1``) where a test must know which trial is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+from rich.console import Console
+
+from orchestrator.monitoring import MetricsLogger
+from orchestrator.settings import build_run_settings
+from orchestrator.sweep import build_sweep_settings, find_unfinished_sweep, open_results, write_sweep_record
+from orchestrator.sweep_cli import register_commands
+from spectral_gpt.config import ABLATIONS, ConfigError
+
+SCRIPT = Path(__file__).resolve().parents[1] / "spectral_gpt" / "wave_experiments.py"
+"""The seed's command, the same as ``spectral-gpt ablate``."""
+STEPS = 120
+RUN_FLAGS = ["--steps", str(STEPS), "--batch-size", "8", "--checkpoint-interval", "10", "--eval-interval", "20",
+             "--log-interval", "5", "--viz-interval", "1000", "--seed", "1"]
+"""Tiny runs with a checkpoint every 10 steps: long enough (~5 s) to be caught mid-run."""
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """Run a sweep command in-process through a parser built with ``register_commands``."""
+    parser = argparse.ArgumentParser(prog="spectral-gpt")
+    register_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    out = io.StringIO()
+    code = args.handler(args, Console(file=out, width=250))
+    return code, out.getvalue()
+
+
+def _committed_steps(run_dir: Path) -> list[int]:
+    """Steps in the run's checkpoint manifest (its commit record); [] while there is none."""
+    try:
+        manifest = json.loads((run_dir / "checkpoints" / "manifest.json").read_text())
+        return [int(c["step"]) for c in manifest["checkpoints"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def _processes() -> dict[int, tuple[int, int, str, str]]:
+    """pid -> (parent pid, session id, state, first word of the command line), from /proc."""
+    found = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path("/proc", entry, "stat").read_text()
+            command = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        found[int(entry)] = (int(fields[1]), int(fields[3]), fields[0], command)
+    return found
+
+
+def _our_train_workers() -> list[int]:
+    """Ray Train worker processes of this test process's own Ray instance (its descendants)."""
+    procs = _processes()
+
+    def ours(pid: int) -> bool:
+        for _ in range(8):
+            pid = procs.get(pid, (0,))[0]
+            if pid == os.getpid():
+                return True
+        return False
+
+    return [pid for pid, (_, _, _, cmd) in procs.items() if cmd.startswith("ray::RayTrainWorker") and ours(pid)]
+
+
+def _alive_in_session(sid: int) -> list[tuple[int, str]]:
+    return [(pid, cmd) for pid, (_, session, state, cmd) in _processes().items()
+            if session == sid and state not in "ZX"]
+
+
+# -- a 2-trial grid whose wave_baseline trial fails once (its Train worker is killed) --------------
+
+@pytest.fixture(scope="module")
+def retried_sweep(ray_session, token_cache, tmp_path_factory) -> SimpleNamespace:
+    """``ablate`` in-process; with ``--max-failures 0`` a dead worker fails the run, so the trial
+    raises and only Tune's FailureConfig (``--trial-retries 1``) can bring it back."""
+    out = tmp_path_factory.mktemp("sweeps")
+    stop, killed = threading.Event(), {}
+
+    def kill_the_worker_after_a_checkpoint() -> None:
+        while not stop.is_set() and not killed:
+            run_dir = next(out.glob("grid_*/wave_baseline"), None)
+            committed = _committed_steps(run_dir) if run_dir else []
+            workers = _our_train_workers() if committed else []
+            if workers and not (run_dir / "results.json").exists():
+                os.kill(workers[0], signal.SIGKILL)
+                killed.update(pid=workers[0], committed=max(committed))
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_the_worker_after_a_checkpoint, daemon=True)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SPECTRAL_GPT_CACHE", token_cache)
+        env.delenv("RAY_ADDRESS", raising=False)
+        killer.start()
+        try:
+            code, console = _cli(["ablate", "--experiment", "wave_baseline", "standard_transformer",
+                                  "--max-concurrent", "1", "--max-failures", "0", "--trial-retries", "1",
+                                  "--name", "grid", "--output", str(out), *RUN_FLAGS])
+        finally:
+            stop.set()
+            killer.join()
+    (sweep_dir,) = out.iterdir()
+    return SimpleNamespace(code=code, console=console, out=out, sweep_dir=sweep_dir, killed=killed)
+
+
+def test_the_grid_completes_with_one_summary_row_per_trial_equal_to_its_files(retried_sweep):
+    assert retried_sweep.code == 0, retried_sweep.console
+    sweep_dir = retried_sweep.sweep_dir
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert sorted(r["run"] for r in summary["runs"]) == ["standard_transformer", "wave_baseline"]
+    assert pq.read_table(sweep_dir / "summary.parquet").to_pylist() == summary["runs"]
+    for row in summary["runs"]:
+        run_dir = sweep_dir / row["run"]
+        results = json.loads((run_dir / "results.json").read_text())
+        final = results["final_metrics"]
+        validated = [(r["step"], r["val_loss"]) for r in MetricsLogger(run_dir / "logs").load_metrics()
+                     if "val_loss" in r]
+        assert row["status"] == results["status"] == "completed"
+        assert row["steps"] == final["total_steps"] == STEPS
+        assert row["val_loss"] == final["val_loss"] == validated[-1][1]
+        assert (row["best_step"], row["best_val_loss"]) == min(validated, key=lambda v: v[1])
+        assert row["params"] == final["num_parameters"]
+        assert row["tokens_per_sec"] == final["tokens_per_second"]
+    assert {a["ablation"]: a["runs"] for a in summary["ablations"]} == {"wave_baseline": 1, "standard_transformer": 1}
+    assert "wave_baseline" in retried_sweep.console and "summary.html" in retried_sweep.console
+    for name in ("summary.md", "summary.html", "plots/validation_curves.png", "plots/best_val_loss.png",
+                 "plots/training_curves.png", "plots/wave_ratio.png"):
+        assert (sweep_dir / name).stat().st_size > 0, name
+    assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "completed"
+
+
+def test_every_trial_trains_on_equal_footing(retried_sweep):
+    configs = [json.loads((retried_sweep.sweep_dir / name / "config.json").read_text())["config"]
+               for name in ("wave_baseline", "standard_transformer")]
+    assert configs[0]["spec"]["train"] == configs[1]["spec"]["train"]  # steps, batch, seed, eval cadence
+    assert configs[0]["data"] == configs[1]["data"]
+    assert [c["spec"]["model"]["model_type"] for c in configs] == ["wave", "standard"]
+
+
+def test_a_trial_that_failed_is_retried_by_tune_and_resumes_its_run(retried_sweep):
+    assert retried_sweep.killed, "the wave_baseline run ended before its worker could be killed"
+    run_dir = retried_sweep.sweep_dir / "wave_baseline"
+    attempts = json.loads((run_dir / "logs" / "attempts.json").read_text())["attempts"]
+    start = attempts[-1]["start_step"]
+    assert attempts[-1]["attempt"] == 2 and retried_sweep.killed["committed"] < start < STEPS
+    assert (start - 1) % 10 == 0, "resumed from a checkpoint step (every 10 steps)"
+    rows = MetricsLogger(run_dir / "logs").load_metrics()
+    assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}) and rows[-1]["step"] == STEPS - 1
+    assert {r["attempt"] for r in rows if r["step"] >= start} == {2}
+    error = (retried_sweep.sweep_dir / "tune" / "wave_baseline_seed1" / "error.txt").read_text()
+    assert "TrialFailedError" in error and "run wave_baseline failed" in error
+    assert not (retried_sweep.sweep_dir / "tune" / "standard_transformer_seed1" / "error.txt").exists()
+
+
+def test_tunes_result_grid_opens_the_sweep_with_val_loss_and_checkpoint_path(retried_sweep):
+    grid = open_results(retried_sweep.sweep_dir)
+    assert grid.num_errors == 0 and len(grid) == 2
+    for result in grid:
+        results = json.loads((retried_sweep.sweep_dir / result.config["ablation"] / "results.json").read_text())
+        assert result.metrics["val_loss"] == results["final_metrics"]["val_loss"]
+        assert result.metrics["checkpoint_path"] == results["best_checkpoint"]
+        assert Path(result.metrics["checkpoint_path"]).is_file()
+
+
+def test_compare_builds_the_table_and_plots_from_finished_runs(retried_sweep, tmp_path):
+    code, console = _cli(["compare", str(retried_sweep.sweep_dir / "wave_baseline"),
+                          str(retried_sweep.sweep_dir / "standard_transformer"), "--output", str(tmp_path / "cmp")])
+    assert code == 0
+    mine = json.loads((tmp_path / "cmp" / "summary.json").read_text())["runs"]
+    sweeps = json.loads((retried_sweep.sweep_dir / "summary.json").read_text())["runs"]
+    assert sorted(mine, key=lambda r: r["run"]) == sorted(sweeps, key=lambda r: r["run"])
+    assert (tmp_path / "cmp" / "summary.html").stat().st_size > 0
+    assert "standard_transformer" in console and "Ablations" in console
+
+
+def test_ls_lists_the_sweep_and_its_runs_with_status_step_and_best_loss(retried_sweep):
+    code, console = _cli(["ls", str(retried_sweep.out)])
+    assert code == 0
+    lines = console.splitlines()
+    summary = json.loads((retried_sweep.sweep_dir / "summary.json").read_text())["runs"]
+    sweep_line = next(line for line in lines if retried_sweep.sweep_dir.name in line)
+    assert "sweep" in sweep_line and "completed" in sweep_line and "2/2 runs" in sweep_line
+    for row in summary:
+        line = next(line for line in lines if line.strip().startswith(row["run"]))
+        assert line.split()[1:] == ["run", "completed", str(STEPS), f"{row['best_val_loss']:.4f}"]
+
+
+# -- the driver dies mid-sweep; the same command finishes it ------------------------------------------
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A short private Ray temp dir (Unix socket paths must stay < 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="sgpt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sessions() -> Iterator[list[int]]:
+    """Sessions of the drivers a test starts; whatever is left in them is killed at teardown."""
+    started: list[int] = []
+    yield started
+    for sid in started:
+        for pid, _ in _alive_in_session(sid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_killed_sweep_driver_is_finished_by_the_same_command(tmp_path, token_cache, ray_tmp, sessions):
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), "--experiment", "standard_transformer", "wave_baseline",
+           "--max-concurrent", "1", "--name", "killed", "--output", str(out), *RUN_FLAGS]
+    env = {**os.environ, "SPECTRAL_GPT_CACHE": token_cache, "RAY_TMPDIR": str(ray_tmp), "COLUMNS": "200"}
+    env.pop("RAY_ADDRESS", None)
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=log,
+                                 stderr=subprocess.STDOUT)
+    sessions.append(first.pid)
+    done = running = None
+    end = time.monotonic() + 300
+    while first.poll() is None and time.monotonic() < end and not (done and running):
+        time.sleep(0.05)
+        runs = [p for p in out.glob("killed_*/*") if (p / "config.json").exists()]
+        done = next((p for p in runs if (p / "results.json").exists()), None)
+        running = next((p for p in runs if _committed_steps(p) and not (p / "results.json").exists()), None)
+    assert done and running, f"never one finished run and one mid-run (rc={first.poll()}):\n" \
+                             f"{(tmp_path / 'first.log').read_text()[-3000:]}"
+    os.killpg(first.pid, signal.SIGKILL)
+    assert first.wait(timeout=60) == -signal.SIGKILL
+    deadline = time.monotonic() + 60
+    while _alive_in_session(first.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive_in_session(first.pid) == [], "Ray processes outlived the killed driver"
+    assert not (running / "results.json").exists(), "the interrupted run finished before the kill"
+    finished_bytes = {name: (done / name).read_bytes() for name in ("results.json", "logs/metrics.jsonl")}
+    last_committed = max(_committed_steps(running))
+
+    second = subprocess.run(cmd, env=env, cwd=tmp_path, start_new_session=True, capture_output=True, text=True,
+                            timeout=400)
+    assert second.returncode == 0, f"{second.stdout[-3000:]}\n{second.stderr[-3000:]}"
+    assert "restored and finished" in second.stdout
+    assert [p.name for p in out.iterdir()] == [done.parent.name], "the rerun must restore, not start a new sweep"
+    # The finished run was not trained again: its result and its rows are the same bytes.
+    assert {name: (done / name).read_bytes() for name in finished_bytes} == finished_bytes
+    assert not (done / "logs" / "attempts.json").exists()
+    # The interrupted one continued from its newest committed checkpoint.
+    attempts = json.loads((running / "logs" / "attempts.json").read_text())["attempts"]
+    assert attempts[-1]["attempt"] == 2 and attempts[-1]["start_step"] == last_committed + 1
+    results = json.loads((running / "results.json").read_text())
+    assert results["status"] == "completed" and results["final_metrics"]["total_steps"] == STEPS
+    summary = json.loads((done.parent / "summary.json").read_text())
+    assert sorted(r["run"] for r in summary["runs"]) == ["standard_transformer", "wave_baseline"]
+    assert all(r["status"] == "completed" for r in summary["runs"])
+
+
+# -- mistakes: one line, exit 2, before Ray starts or a folder is made ----------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--experiment", "wave_baseline", "nope"], "unknown ablation 'nope'; allowed: all, standard_transformer"),
+    (["--seeds", "0"], "seeds=0 must be an integer >= 1"),
+    (["--max-concurrent", "3"], "max_concurrent=3 needs 3 CPUs (1 per trial) but this machine has 2"),
+    (["--workers", "3", "--batch-size", "12"], "one trial needs 3 CPUs (--workers 3) but this machine has 2"),
+    (["--no-monitoring"], "a sweep needs monitoring"),
+])
+def test_a_mistake_is_refused_before_ray_starts(flags, message, tmp_path, monkeypatch):
+    if len(os.sched_getaffinity(0)) != 2:
+        message = message.split(" but ")[0]  # the machine's size is part of the message
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    import ray
+
+    was_up = ray.is_initialized()
+    with pytest.raises(ConfigError) as error:
+        _cli(["ablate", *flags, "--output", str(tmp_path / "out")])
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert ray.is_initialized() == was_up and not (tmp_path / "out").exists()
+
+
+def test_spectral_gpt_ablate_prints_one_error_line_and_exits_2(tmp_path, monkeypatch, capsys):
+    """The same mistake through the ``spectral-gpt`` entry point that wires these commands in."""
+    from orchestrator.cli import main
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["ablate", "--seeds", "0", "--output", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "spectral-gpt: error: seeds=0 must be an integer >= 1\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_must_without_an_unfinished_sweep_is_refused_before_ray_starts(tmp_path, token_cache, monkeypatch):
+    monkeypatch.setenv("SPECTRAL_GPT_CACHE", token_cache)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    import ray
+
+    was_up = ray.is_initialized()
+    with pytest.raises(ConfigError, match="--resume must: no unfinished sweep named 'ablations'"):
+        _cli(["ablate", "--experiment", "qfe_only", "--resume", "must", "--output", str(tmp_path / "out")])
+    assert ray.is_initialized() == was_up and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "{tmp}/missing"], "no such folder: {tmp}/missing"),
+    (["compare", "{tmp}"], "no runs (folders with config.json) in {tmp}"),
+    (["ls", "{tmp}/missing"], "no such folder: {tmp}/missing"),
+])
+def test_compare_and_ls_refuse_folders_without_runs(argv, message, tmp_path):
+    with pytest.raises(ConfigError) as error:
+        _cli([a.format(tmp=tmp_path) for a in argv])
+    assert str(error.value) == message.format(tmp=tmp_path)
+
+
+def test_the_seed_script_exits_2_with_one_line_and_starts_no_ray(tmp_path, ray_tmp):
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--experiment", "nope", "--output", str(tmp_path / "out")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
+        "wave_experiments.py: error: unknown ablation 'nope'")
+    assert proc.stdout == "" and list(ray_tmp.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_the_seed_script_keeps_the_model_core_free_of_ray():
+    """Importing the script (as tools and tests do) must not pull in the orchestrator or Ray."""
+    probe = ("import sys, spectral_gpt.wave_experiments, spectral_gpt.model, spectral_gpt.training; "
+             "print('ray' in sys.modules, 'orchestrator' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
+
+
+# -- the grid itself (no Ray) ------------------------------------------------------------------------
+
+def _make_run(tmp_path: Path, steps: int = 50):
+    return lambda ablation, seed, name: build_run_settings(ablation=ablation, seed=seed, name=name, steps=steps,
+                                                           output=tmp_path)
+
+
+def test_the_grid_expands_all_resolves_aliases_and_names_seeded_runs(tmp_path):
+    every = build_sweep_settings(["all", "baseline"], _make_run(tmp_path), seed=7, max_concurrent=1)
+    assert every.ablations == list(ABLATIONS) and len(every.runs) == len(ABLATIONS)
+    assert [r.name for r in every.runs] == list(ABLATIONS)
+    seeded = build_sweep_settings(["baseline", "qfe_only"], _make_run(tmp_path), seed=7, seeds=2, max_concurrent=1)
+    assert [(r.name, r.ablation, r.spec.train.seed) for r in seeded.runs] == [
+        ("wave_baseline_seed7", "wave_baseline", 7), ("wave_baseline_seed8", "wave_baseline", 8),
+        ("qfe_only_seed7", "qfe_only", 7), ("qfe_only_seed8", "qfe_only", 8)]
+    assert build_sweep_settings(["qfe_only"], _make_run(tmp_path), seed=1).max_concurrent == 1  # one trial
+
+
+def test_a_grid_off_equal_footing_is_refused(tmp_path):
+    def uneven(ablation: str, seed: int, name: str):
+        return _make_run(tmp_path, steps=50 if ablation == "rgd_only" else 60)(ablation, seed, name)
+
+    with pytest.raises(ConfigError, match="same size, steps, batch, data, scaling and monitoring"):
+        build_sweep_settings(["rgd_only", "qfe_only"], uneven, seed=1, max_concurrent=1)
+
+
+def test_an_unfinished_sweep_with_another_grid_is_not_resumed(tmp_path):
+    settings = build_sweep_settings(["rgd_only"], _make_run(tmp_path), seed=1, name="s", output=tmp_path)
+    folder = tmp_path / "s_20260101_000000_abc"
+    folder.mkdir()
+    write_sweep_record(folder, settings, settings.runs, "unfinished")
+    assert find_unfinished_sweep(settings) == folder
+    other = build_sweep_settings(["rgd_only"], _make_run(tmp_path, steps=70), seed=1, name="s", output=tmp_path)
+    with pytest.raises(ConfigError, match="started with another grid or other settings"):
+        find_unfinished_sweep(other)
+    write_sweep_record(folder, settings, settings.runs, "completed")
+    assert find_unfinished_sweep(other) is None
