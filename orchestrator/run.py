@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -32,6 +33,9 @@ from spectral_gpt.config import ConfigError
 from spectral_gpt.data import BatchSampler, TokenDataset
 
 log = logging.getLogger(__name__)
+
+API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
+"""Where Ray processes look for the state API (served by the dashboard)."""
 
 RAY_ENV_DEFAULTS = {
     # report() is a barrier throttled by this poll; 0.5 s keeps the commit window short (spec/ray.md §10).
@@ -116,17 +120,43 @@ def resolve_run_dir(settings: RunSettings) -> Path | None:
     return Path(create_experiment_directory(settings.output, exp_id)["root"])
 
 
-def connect_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS (``ray job submit``), else start a private local one."""
+def connect_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit``), else start a private local one.
+
+    ``dashboard=True`` (sweeps) starts the local dashboard on a free port: when a trial actor dies
+    (an ASHA stop ends a trial that way), Train's placement-group cleaner asks the state API, which
+    the dashboard serves, whether the run's controller is gone; without an answer the dead run keeps
+    its workers' CPUs and the trials after it wait forever. Workers find that API through
+    RAY_API_SERVER_ADDRESS, inherited from this process while Ray starts, so other Ray instances on
+    the machine cannot mislead them.
+    """
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        return
+    local = dict(address="local", num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
+    if not dashboard:
+        ray.init(include_dashboard=False, **local)
+        return
+    port = _free_port()
+    previous = os.environ.get(API_SERVER_VARIABLE)
+    os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
+    try:
+        ray.init(include_dashboard=True, dashboard_port=port, **local)
+    finally:
+        if previous is None:
+            del os.environ[API_SERVER_VARIABLE]
+        else:
+            os.environ[API_SERVER_VARIABLE] = previous
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], None] | None = None,

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import ray
 import ray.tune as tune
 import torch
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -34,7 +31,7 @@ from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
-from orchestrator.run import RAY_ENV_DEFAULTS, connect_ray, prepare_data, run_training
+from orchestrator.run import connect_ray, prepare_data, run_training
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings
 from orchestrator.summary import (
     SWEEP_FILE,
@@ -48,8 +45,6 @@ from orchestrator.summary import (
 from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, ConfigError
 
 SCHEDULERS = ("none", "asha")
-API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
-"""Where Ray's state API clients (Train's placement-group cleaner among them) look for the dashboard."""
 TUNE_FOLDER = "tune"
 TRIAL_RESOURCES = {"cpu": 0, "memory": 2**20}
 """What a trial holds itself: it only waits on its TorchTrainer, whose workers take the CPUs/GPUs.
@@ -286,7 +281,7 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     runs = [dataclasses.replace(r, output=str(sweep_dir)) for r in settings.runs]
     write_sweep_record(sweep_dir, settings, runs, "unfinished")
     capacity = local_capacity(runs[0])
-    _connect_ray(capacity[0] if capacity and capacity[1] == "CPU" else None)
+    connect_ray(capacity[0] if capacity and capacity[1] == "CPU" else None, dashboard=True)
     tuner, restored = _tuner(settings, runs, sweep_dir)
     tuner.fit()
     grid = open_results(sweep_dir)  # the state Tune saved: after Ctrl-C, unfinished trials are PENDING there
@@ -297,38 +292,6 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     summary = write_summary(records, sweep_dir, title=f"Sweep {sweep_dir.name}") if records else None
     write_sweep_record(sweep_dir, settings, runs, "unfinished" if errored else "completed")
     return SweepOutcome(sweep_dir, summary, errored, restored)
-
-
-def _connect_ray(num_cpus: int | None) -> None:
-    """Join the cluster named by RAY_ADDRESS, else start a local Ray with its dashboard on.
-
-    Train needs the dashboard here: when a trial actor dies (an ASHA stop ends a trial that way),
-    Train's placement-group cleaner asks the state API, which the dashboard serves, whether the run's
-    controller is gone; without an answer the dead run keeps its workers' CPUs and the trials after it
-    wait forever. Workers find that API through RAY_API_SERVER_ADDRESS, inherited from this process
-    when Ray starts, so other Ray instances on the machine (tests, other users) cannot mislead them.
-    """
-    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        for key, value in RAY_ENV_DEFAULTS.items():
-            os.environ.setdefault(key, value)
-        port = _free_port()
-        previous = os.environ.get(API_SERVER_VARIABLE)
-        os.environ[API_SERVER_VARIABLE] = f"http://127.0.0.1:{port}"
-        try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port,
-                     log_to_driver=False, logging_level=logging.WARNING)
-        finally:
-            if previous is None:
-                del os.environ[API_SERVER_VARIABLE]
-            else:
-                os.environ[API_SERVER_VARIABLE] = previous
-    connect_ray()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _tuner(settings: SweepSettings, runs: Sequence[RunSettings], sweep_dir: Path) -> tuple[tune.Tuner, bool]:

@@ -182,7 +182,6 @@ class ExperimentConfig(_JsonConfig):
         _positive("min_delta", self.min_delta, allow_zero=True)
 
 
-
 @dataclass(frozen=True)
 class TrainConfig(_JsonConfig):
     """How long and on what a run trains: the knobs that are equal for every ablation in a grid."""

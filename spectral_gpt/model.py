@@ -19,14 +19,23 @@ from spectral_gpt.config import ConfigError, ModelConfig, model_config_for
 from spectral_gpt.embedding import StandardEmbedding, build_wave_embedding
 
 
-class WaveResonanceMLP(nn.Module):
-    """The wave block's MLP: ``GELU(h) + 0.1·sin(h)`` (what the original code does, not its docs)."""
+class StandardMLP(nn.Module):
+    """GPT-2 MLP of the control: Linear 4x, GELU, Linear, dropout."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,T,d) -> (B,T,d)."""
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class WaveResonanceMLP(StandardMLP):
+    """The wave block's MLP: ``GELU(h) + 0.1·sin(h)`` (what the original code does, not its docs),
+    with dropout after the activation too, as in the original."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,T,d) -> (B,T,d)."""
@@ -49,20 +58,6 @@ class Block(nn.Module):
         """(B,T,d) -> (B,T,d)."""
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
-
-
-class StandardMLP(nn.Module):
-    """GPT-2 MLP of the control: Linear 4x, GELU, Linear, dropout."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
-        self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,T,d) -> (B,T,d)."""
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
 
 
 class CollapseHead(nn.Module):
