@@ -67,11 +67,11 @@ def recovery_time(quick: bool = False) -> dict[str, Any]:
 
     def watch(progress: dict[str, Any]) -> None:
         if "kill" not in marks and progress.get("checkpoint_step", 0) >= 20 and 1 in progress.get("workers", {}):
-            marks["kill"] = time.perf_counter()
+            marks["kill"] = time.time()
             os.kill(progress["workers"][1], signal.SIGKILL)
-        elif "kill" in marks and "resumed" not in marks and progress.get("attempt", 1) > 1 \
-                and progress.get("step", -1) >= progress.get("start_step", 0) and "loss" in progress:
-            marks["resumed"] = time.perf_counter()
+        elif "kill" in marks and "resumed" not in marks and progress.get("attempt", 1) > 1 and "loss" in progress:
+            marks["resumed"] = time.time()
+            marks["group_up"] = progress["attempt_started"]
 
     with tempfile.TemporaryDirectory() as out:
         settings = build_run_settings(steps=steps, output=out, name="recovery", batch_size=16, resume="never",
@@ -79,8 +79,11 @@ def recovery_time(quick: bool = False) -> dict[str, Any]:
                                       scaling=ScalingSettings(workers=2, max_failures=2))
         connect_ray()
         outcome = run_training(settings, on_progress=watch, poll_seconds=0.02)
-    seconds = marks.get("resumed", float("nan")) - marks.get("kill", float("nan"))
+    nan = float("nan")
+    seconds = marks.get("resumed", nan) - marks.get("kill", nan)
     return _result("recovery_time", seconds, "s", 7.5, "<= 10 s", steps=steps, status=outcome.status,
+                   kill_to_restored_group_s=marks.get("group_up", nan) - marks.get("kill", nan),
+                   restored_group_to_first_step_s=marks.get("resumed", nan) - marks.get("group_up", nan),
                    note="baseline = Ray alone restarting a 2-worker group here (spec/ray.md §3)")
 
 

@@ -69,7 +69,7 @@ class RunMonitor:
                                          dataset_info=self.dataset_info, hardware=hardware)
         kept = {k: v for k, v in self.progress.items() if k in ("resumed_from", "checkpoint_step")}
         self.progress = {"resumed_from": start_step, **kept, "step": start_step, "status": "running",
-                         "start_step": start_step, "attempt": self.attempt}
+                         "start_step": start_step, "attempt": self.attempt, "attempt_started": time.time()}
         return self.attempt
 
     def register_worker(self, rank: int, pid: int) -> None:

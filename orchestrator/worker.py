@@ -95,9 +95,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     actor = config["monitor"]
+    restored_ref = actor.latest_state.remote()  # fetched while the model and optimiser are built
     dataset = TokenDataset.prepare(settings.data.dataset, settings.data.cache_dir, settings.data.vocab_size)
     state = TrainState(spec, device=ray.train.torch.get_device())
-    restored = ray.get(actor.latest_state.remote())
+    restored = ray.get(restored_ref)
     if restored is not None:
         state.load_state_dict(restored)
     if world > 1:

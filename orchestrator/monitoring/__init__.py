@@ -18,7 +18,6 @@ from orchestrator.monitoring.identity import (
     get_git_info,
 )
 from orchestrator.monitoring.metrics import MetricsLogger
-from orchestrator.monitoring.plots import VisualizationManager
 from orchestrator.monitoring.tracking import ConfigTracker, collect_hardware_info, memory_usage_mb
 
 __all__ = [
@@ -33,3 +32,13 @@ __all__ = [
     "get_git_info",
     "memory_usage_mb",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import the plotting side (matplotlib, ~0.5 s) only when asked for: training workers never are,
+    and a restarted worker group resumes that much sooner."""
+    if name == "VisualizationManager":
+        from orchestrator.monitoring.plots import VisualizationManager
+
+        return VisualizationManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
