@@ -76,7 +76,7 @@ def test_seed_positional_form_round_trips_model_and_optimizer(tmp_path):
 
 
 def test_complete_train_state_resumes_exactly(tmp_path):
-    training = pytest.importorskip("spectral_gpt.training")
+    from spectral_gpt import training
     from spectral_gpt.config import TrainConfig, get_ablation, model_config_for
 
     spec = training.RunSpec(model_config_for("tiny", "full_physics", vocab_size=64),
