@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class RunMonitor:
         self.metrics = MetricsLogger(self.run_dir / "logs", log_interval=mon.log_interval)
         self.plots = VisualizationManager(self.run_dir / "visualizations", viz_interval=mon.viz_interval)
         self.tracker = ConfigTracker(self.run_dir)
+        # A restarted actor (Ray re-runs this constructor) continues the attempt its files record,
+        # so rank 0's rows and checkpoints keep being accepted.
+        self.attempt = self.metrics.attempt
 
     # -- calls from rank 0 -------------------------------------------------------------------
     def begin_attempt(self, start_step: int, hardware: dict[str, Any]) -> int:
@@ -132,7 +136,7 @@ class RunMonitor:
     # -- calls from the driver ---------------------------------------------------------------
     def get_progress(self) -> dict[str, Any]:
         """A snapshot for the driver's progress line."""
-        return {**self.progress, "workers": dict(self.workers), "time": time.time()}
+        return {**self.progress, "workers": dict(self.workers), "monitor_pid": os.getpid(), "time": time.time()}
 
     def get_final(self) -> dict[str, Any] | None:
         """What :meth:`finish` recorded, or None if the workers never finished."""
@@ -143,5 +147,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-MonitorActor = ray.remote(num_cpus=0, max_concurrency=1)(RunMonitor)
-"""RunMonitor as the driver-owned Ray actor of one run."""
+MonitorActor = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=3)(RunMonitor)
+"""RunMonitor as the driver-owned Ray actor of one run.
+
+If its process dies, Ray restarts it (the constructor rebuilds its state from the run folder) and
+re-sends the calls that were in flight, so training goes on; the resolved metrics keep one row per
+step even if a replayed row lands twice. With monitoring off there are no files to rebuild from, so
+a restarted actor has no checkpoint to offer until the next save."""

@@ -64,6 +64,27 @@ def test_two_worker_run_killed_mid_way_ends_exactly_like_an_uninterrupted_one(ra
     assert outcome.final_metrics["val_loss"] == reference.final_metrics["val_loss"]
 
 
+def test_a_killed_monitoring_actor_is_restarted_and_training_goes_on(ray_session, token_cache, tmp_path):
+    steps = 100
+    killed: list[int] = []
+
+    def kill_monitor_after_first_checkpoint(progress: dict) -> None:
+        if not killed and progress.get("checkpoint_step", 0) >= 10:
+            os.kill(progress["monitor_pid"], signal.SIGKILL)
+            killed.append(progress["monitor_pid"])
+
+    outcome = run_training(_settings(tmp_path, token_cache, "monitor_kill", steps=steps),
+                           on_progress=kill_monitor_after_first_checkpoint, poll_seconds=0.05)
+    assert killed, "the run ended before a checkpoint was committed"
+    assert outcome.status == "completed", outcome.error
+    assert outcome.final_metrics["total_steps"] == steps
+    rows = MetricsLogger(outcome.run_dir / "logs").load_metrics()
+    assert [r["step"] for r in rows] == list(range(steps))
+    results = json.loads((outcome.run_dir / "results.json").read_text())
+    assert results["status"] == "completed"
+    assert CheckpointManager(outcome.run_dir).load_latest_checkpoint()["state"]["step"] == steps
+
+
 def test_run_writes_the_seed_layout_and_a_completed_result(ray_session, token_cache, tmp_path):
     settings = _settings(tmp_path, token_cache, "layout", ablation="full_physics", steps=30,
                          monitoring=MonitoringSettings(checkpoint_interval=10, log_interval=5, viz_interval=15))
