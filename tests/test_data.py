@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -140,8 +139,8 @@ def test_fineweb_is_not_a_single_text(tmp_path: Path) -> None:
         TokenDataset.prepare("fineweb-edu", tmp_path, 1024)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="datasets is installed")
-def test_fineweb_without_datasets_says_what_to_install(tmp_path: Path) -> None:
+def test_fineweb_without_datasets_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail, installed or not
     with pytest.raises(ConfigError, match=r"install spectral-gpt\[hf\]"):
         TokenDataset.prepare("fineweb-edu", tmp_path, max_tokens=1000)
 
