@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -191,10 +192,8 @@ def _loss(value: float | None) -> str:
 
 def ablate_main(argv: Sequence[str] | None = None, prog: str = "wave_experiments.py") -> int:
     """``ablate`` as a program of its own (the seed's script); returns the exit code."""
-    parser = argparse.ArgumentParser(prog=prog, description="Run the ablations as one Ray Tune grid "
-                                     "(the same as 'spectral-gpt ablate').")
-    add_ablate_arguments(parser)
-    args = parser.parse_args(argv)
+    parser = seed_script_parser(prog)
+    args = apply_seed_flags(parser.parse_args(argv), visible_gpus=torch.cuda.device_count())
     console = Console()
     try:
         return run_ablate(args, console)
@@ -203,3 +202,32 @@ def ablate_main(argv: Sequence[str] | None = None, prog: str = "wave_experiments
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; run the same command again to continue the sweep")
         return 130
+
+
+def seed_script_parser(prog: str) -> argparse.ArgumentParser:
+    """``ablate``'s flags plus the seed script's own ``--dry-run`` and ``--parallel`` (spec 4.4)."""
+    parser = argparse.ArgumentParser(prog=prog, description="Run the ablations as one Ray Tune grid "
+                                     "(the same as 'spectral-gpt ablate').")
+    add_ablate_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="smoke test: tiny model, 10 steps, batch 4, checkpoints and plots every 5 steps, "
+                             "metrics every step")
+    parser.add_argument("--parallel", action="store_true",
+                        help="each run trains on every visible GPU (one DDP worker per GPU; the seed's DataParallel)")
+    return parser
+
+
+DRY_RUN = {"model": "tiny", "steps": 10, "batch_size": 4, "checkpoint_interval": 5, "log_interval": 1,
+           "viz_interval": 5}
+"""The seed's ``--dry-run`` (spec 4.4: 10 steps, batch 4, intervals 5/1/5) on our offline tiny setup."""
+
+
+def apply_seed_flags(args: argparse.Namespace, visible_gpus: int) -> argparse.Namespace:
+    """The seed script's own flags as ``ablate`` flags: ``--dry-run`` shrinks the runs, ``--parallel``
+    spreads each run over every visible GPU when there is more than one (else it changes nothing)."""
+    values = vars(args).copy()
+    if values.pop("dry_run"):
+        values.update(DRY_RUN)
+    if values.pop("parallel") and visible_gpus > 1:
+        values.update(workers=visible_gpus, gpu=True)
+    return argparse.Namespace(**values)

@@ -29,7 +29,13 @@ from rich.console import Console
 from orchestrator.monitoring import MetricsLogger
 from orchestrator.settings import build_run_settings
 from orchestrator.sweep import build_sweep_settings, find_unfinished_sweep, open_results, write_sweep_record
-from orchestrator.sweep_cli import register_commands
+from orchestrator.sweep_cli import (
+    DRY_RUN,
+    apply_seed_flags,
+    register_commands,
+    seed_script_parser,
+    sweep_settings_from_args,
+)
 from spectral_gpt.config import ABLATIONS, ConfigError
 
 SCRIPT = Path(__file__).resolve().parents[1] / "spectral_gpt" / "wave_experiments.py"
@@ -392,3 +398,21 @@ def test_an_unfinished_sweep_with_another_grid_is_not_resumed(tmp_path):
         find_unfinished_sweep(other)
     write_sweep_record(folder, settings, settings.runs, "completed")
     assert find_unfinished_sweep(other) is None
+
+
+def _seed_args(*argv: str, visible_gpus: int = 0):
+    return apply_seed_flags(seed_script_parser("wave_experiments.py").parse_args(list(argv)), visible_gpus)
+
+
+def test_the_seed_scripts_dry_run_and_parallel_become_ablate_flags(tmp_path):
+    dry = _seed_args("--dry-run", "--model", "small", "--steps", "5000", "--output", str(tmp_path))
+    assert {k: getattr(dry, k) for k in DRY_RUN} == DRY_RUN
+    settings = sweep_settings_from_args(dry)
+    run = settings.runs[0]
+    assert (run.spec.train.steps, run.spec.train.batch_size, run.monitoring.checkpoint_interval,
+            run.monitoring.log_interval, run.monitoring.viz_interval) == (10, 4, 5, 1, 5)
+    assert not hasattr(dry, "dry_run") and not hasattr(dry, "parallel")
+    one = _seed_args("--parallel", visible_gpus=1)
+    assert (one.workers, one.gpu) == (1, False)
+    many = _seed_args("--parallel", visible_gpus=4)
+    assert (many.workers, many.gpu) == (4, True)
