@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from benchmarks.common import benchmark, result
 from orchestrator.run import connect_ray, run_training
 from orchestrator.settings import MonitoringSettings, ScalingSettings, build_run_settings
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
 from spectral_gpt.training import TrainState, evaluate, train_step
-
-
-def _machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def _result(name: str, value: float, unit: str, baseline: float, goal: str, **details: Any) -> dict[str, Any]:
-    return {"name": name, "value": value, "unit": unit, "baseline": baseline,
-            "ratio": value / baseline if baseline else None, "goal": goal, "details": details,
-            "machine": _machine()}
 
 
 def _bare_loop_tokens_per_sec(settings, threads: int) -> float:
@@ -47,6 +35,7 @@ def _bare_loop_tokens_per_sec(settings, threads: int) -> float:
     return state.tokens_seen / (time.perf_counter() - started)
 
 
+@benchmark
 def orchestration_overhead(quick: bool = False) -> dict[str, Any]:
     """tokens/s of a real monitored 1-worker run / a bare loop of the same model, batch and threads."""
     steps = 200 if quick else 1000
@@ -57,11 +46,12 @@ def orchestration_overhead(quick: bool = False) -> dict[str, Any]:
         bare = _bare_loop_tokens_per_sec(settings, threads)
         outcome = run_training(settings)
     ours = outcome.final_metrics["tokens_per_second"]
-    return _result("orchestration_overhead", ours, "tokens/s", bare, ">= 0.97", steps=steps,
-                   threads=threads, worker_threads=outcome.final_metrics.get("torch_threads"),
-                   model="tiny wave_baseline", status=outcome.status)
+    return result("orchestration_overhead", ours, "tokens/s", bare, ">= 0.97", steps=steps,
+                  threads=threads, worker_threads=outcome.final_metrics.get("torch_threads"),
+                  model="tiny wave_baseline", status=outcome.status)
 
 
+@benchmark
 def recovery_time(quick: bool = False) -> dict[str, Any]:
     """Seconds from SIGKILL of one of 2 workers to the first step of the resumed group."""
     steps = 400 if quick else 800
@@ -83,12 +73,13 @@ def recovery_time(quick: bool = False) -> dict[str, Any]:
         outcome = run_training(settings, on_progress=watch, poll_seconds=0.02)
     nan = float("nan")
     seconds = marks.get("resumed", nan) - marks.get("kill", nan)
-    return _result("recovery_time", seconds, "s", 7.5, "<= 10 s", steps=steps, status=outcome.status,
-                   kill_to_restored_group_s=marks.get("group_up", nan) - marks.get("kill", nan),
-                   restored_group_to_first_step_s=marks.get("resumed", nan) - marks.get("group_up", nan),
-                   note="baseline = Ray alone restarting a 2-worker group here (spec/ray.md §3)")
+    return result("recovery_time", seconds, "s", 7.5, "<= 10 s", steps=steps, status=outcome.status,
+                  kill_to_restored_group_s=marks.get("group_up", nan) - marks.get("kill", nan),
+                  restored_group_to_first_step_s=marks.get("resumed", nan) - marks.get("group_up", nan),
+                  note="baseline = Ray alone restarting a 2-worker group here (spec/ray.md §3)")
 
 
+@benchmark
 def monitoring_overhead(quick: bool = False) -> dict[str, Any]:
     """tokens/s of the same 1-worker run with monitoring on (files, plots, checkpoints) / off."""
     steps = 200 if quick else 1000
@@ -99,10 +90,11 @@ def monitoring_overhead(quick: bool = False) -> dict[str, Any]:
                 steps=steps, output=out, name=f"monitoring_{enabled}", resume="never",
                 monitoring=MonitoringSettings(enabled=enabled, checkpoint_interval=250, viz_interval=500))
             results[enabled] = run_training(settings).final_metrics["tokens_per_second"]
-    return _result("monitoring_overhead", results[True], "tokens/s", results[False], ">= 0.99", steps=steps,
-                   model="tiny wave_baseline", checkpoint_interval=250, viz_interval=500, log_interval=10)
+    return result("monitoring_overhead", results[True], "tokens/s", results[False], ">= 0.99", steps=steps,
+                  model="tiny wave_baseline", checkpoint_interval=250, viz_interval=500, log_interval=10)
 
 
+@benchmark
 def quickstart(quick: bool = False) -> dict[str, Any]:
     """Wall seconds of the README's first command after install: `spectral-gpt train` with no flags."""
     del quick  # the command is fixed by the README; it is the measurement
@@ -111,14 +103,5 @@ def quickstart(quick: bool = False) -> dict[str, Any]:
         done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "spectral-gpt"), "train"],
                               cwd=folder, capture_output=True, text=True)
         seconds = time.perf_counter() - started
-    return _result("quickstart", seconds, "s", 120.0, "<= 120 s", exit_code=done.returncode,
-                   last_line=done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:])
-
-
-BENCHMARKS: dict[str, Callable[..., dict[str, Any]]] = {
-    "orchestration_overhead": orchestration_overhead,
-    "monitoring_overhead": monitoring_overhead,
-    "recovery_time": recovery_time,
-    "quickstart": quickstart,
-}
-"""Benchmarks by name, as `python -m benchmarks NAME` accepts them."""
+    return result("quickstart", seconds, "s", 120.0, "<= 120 s", exit_code=done.returncode,
+                  last_line=done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:])
