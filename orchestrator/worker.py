@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import resource
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +24,7 @@ import torch
 
 from orchestrator.monitoring import collect_hardware_info
 from orchestrator.settings import RunSettings
+from orchestrator.wire import to_wire
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
 from spectral_gpt.training import NonFiniteLossError, StepResult, TrainState, evaluate, train_step
 
@@ -31,12 +35,21 @@ MAX_ROWS_IN_FLIGHT = 64
 
 @dataclass
 class _Sink:
-    """Rank 0's connection to the monitoring actor, with back-pressure on rows and checkpoints."""
+    """Rank 0's connection to the monitoring actor, with back-pressure on rows and checkpoints.
+
+    A checkpoint costs the training loop only a copy into CPU buffers that are reused from save to
+    save (already-mapped memory, no page faults); that snapshot goes to the object store as NumPy
+    arrays (:mod:`orchestrator.wire`, copied without the GIL) from a background thread while
+    training goes on.
+    """
 
     actor: Any
     attempt: int
     inflight_rows: list[Any] = field(default_factory=list)
-    inflight_save: Any = None
+    inflight_save: Future | None = None
+    snapshot: Any = None
+    handoff: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-handoff"))
 
     def send(self, row: dict[str, Any]) -> None:
         self.inflight_rows.append(self.actor.log.remote(self.attempt, [row]))
@@ -46,31 +59,46 @@ class _Sink:
 
     def save(self, step: int, state: dict[str, Any], val_loss: float | None) -> None:
         if self.inflight_save is not None:
-            ray.get(self.inflight_save)  # at most one checkpoint waits in memory
-        self.inflight_save = self.actor.save_checkpoint.remote(self.attempt, step, state, val_loss)
+            ray.get(self.inflight_save.result())  # one checkpoint in flight; then its buffers are free again
+        self.snapshot = _snapshot(state, into=self.snapshot)
+        self.inflight_save = self.handoff.submit(self.actor.save_checkpoint.remote, self.attempt, step,
+                                                 to_wire(self.snapshot), val_loss)
 
     def drain(self) -> None:
-        ray.get([*self.inflight_rows, *([self.inflight_save] if self.inflight_save else [])])
+        saves = [self.inflight_save.result()] if self.inflight_save is not None else []
+        ray.get([*self.inflight_rows, *saves])
         self.inflight_rows, self.inflight_save = [], None
+        self.handoff.shutdown()
 
 
-def _cpu_copy(state: Any) -> Any:
-    """A detached CPU copy, so the actor writes a snapshot while training moves on."""
+def _snapshot(state: Any, into: Any = None) -> Any:
+    """A detached CPU copy of ``state``, so the actor writes a snapshot while training moves on.
+
+    Tensors are copied into the matching tensors of ``into`` (the previous snapshot) when shape and
+    dtype agree, which avoids allocating and faulting in the whole state again at every save.
+    """
     if isinstance(state, torch.Tensor):
+        if (isinstance(into, torch.Tensor) and into.device.type == "cpu" and into.shape == state.shape
+                and into.dtype == state.dtype):
+            return into.copy_(state.detach())
         return state.detach().to("cpu", copy=True)
     if isinstance(state, dict):
-        return {k: _cpu_copy(v) for k, v in state.items()}
+        previous = into if isinstance(into, dict) else {}
+        return {k: _snapshot(v, previous.get(k)) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
-        return type(state)(_cpu_copy(v) for v in state)
+        previous = into if isinstance(into, (list, tuple)) and len(into) == len(state) else [None] * len(state)
+        return type(state)(_snapshot(v, p) for v, p in zip(state, previous, strict=True))
     return state
 
 
-def _metric_row(result: StepResult, started: float, tokens_since_start: int) -> dict[str, Any]:
+def _metric_row(result: StepResult, started: float, tokens_since_start: int, step_time: float) -> dict[str, Any]:
+    """``step_time`` is the wall time of the whole loop iteration up to this row (the step, any
+    evaluation, and the previous iteration's hand-offs to the actor), so checkpoint stalls show up."""
     elapsed = max(time.perf_counter() - started, 1e-9)
     row: dict[str, Any] = {
         "step": result.step, "loss": result.loss, "ce_loss": result.ce, "learning_rate": result.lr,
         "tokens_per_sec": tokens_since_start / elapsed, "perplexity": math.exp(min(result.ce, 50.0)),
-        "grad_norm": result.grad_norm, "memory_mb": _memory_mb(),
+        "grad_norm": result.grad_norm, "memory_mb": _memory_mb(), "step_time_s": step_time,
     }
     if result.wave_ratio is not None:
         row["wave_ratio"] = result.wave_ratio
@@ -86,6 +114,15 @@ def _memory_mb() -> float:
         return torch.cuda.max_memory_allocated() / 2**20
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """Rank 0's peak memory in this attempt, as the seed's benchmark reports it: CUDA memory allocated
+    on a GPU, else this worker process's peak resident set (KiB on Linux, bytes on macOS)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -111,6 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     actor.register_worker.remote(rank, os.getpid())
 
     started, start_tokens = time.perf_counter(), state.tokens_seen
+    last_row_time = started
     error, last_val = None, None
     while not state.finished:
         try:
@@ -128,15 +166,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             improved = False
         if sink is not None:
-            row = _metric_row(result, started, state.tokens_seen - start_tokens)
+            now = time.perf_counter()
+            row = _metric_row(result, started, state.tokens_seen - start_tokens, now - last_row_time)
+            last_row_time = now
             if val_loss is not None:
                 row.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
             if s % mon.log_interval == 0 or val_loss is not None or last:
                 sink.send(row)
             if (s > 0 and s % mon.checkpoint_interval == 0) or improved or last:
-                sink.save(s, _cpu_copy(state.state_dict()), val_loss)
+                sink.save(s, state.state_dict(), val_loss)
             if (s > 0 and s % mon.viz_interval == 0) or last:
-                actor.visualize.remote(sink.attempt, s, _cpu_copy(state.model.state_dict()))
+                actor.visualize.remote(sink.attempt, s, to_wire(_snapshot(state.model.state_dict())))
         if val_loss is not None and config["report"]:
             ray.train.report({"step": s, "val_loss": val_loss, "best_val_loss": state.early_stopping.best})
     if last_val is None and error is None:  # restored a finished state: the driver died before results.json
@@ -156,6 +196,7 @@ def _finish(state: TrainState, sink: _Sink | None, dataset: TokenDataset, error:
         "tokens_per_second": (state.tokens_seen - start_tokens) / max(seconds, 1e-9),
         "num_parameters": sum(p.numel() for p in state.model.parameters()),
         "early_stopped": es.should_stop, "torch_threads": torch.get_num_threads(),
+        "peak_memory_mb": _peak_memory_mb(state.device),
     }
     if error is not None:
         ray.get(sink.actor.finish.remote("failed", final, None, error))
