@@ -61,10 +61,13 @@ def standard_embed_ratio_at(step: int, annealing_steps: int = 3000) -> float:
 
 
 class EarlyStopping:
-    """Stops a run after ``patience`` validations without improving the best loss by ``min_delta``.
+    """Stops a run after ``patience`` validations without improving the loss by ``min_delta``.
 
-    Its progress (best loss, its step, the miss counter) is checkpointed, so a resumed run stops
-    exactly where the uninterrupted one would (the original lost it on restart, spec B12).
+    ``best`` is the lowest validation loss seen, so the best checkpoint (saved whenever
+    :meth:`update` says so) and the reported best loss always agree; patience is counted against
+    the last *significant* improvement (``reference``), the Keras/Lightning rule, so a long run of
+    tiny gains still stops. Its progress is checkpointed, so a resumed run stops exactly where the
+    uninterrupted one would (the original lost it on restart, spec B12).
     """
 
     def __init__(self, patience: int, min_delta: float = 0.005) -> None:
@@ -76,20 +79,25 @@ class EarlyStopping:
         self.min_delta = float(min_delta)
         self.best = math.inf
         self.best_step: int | None = None
+        self.reference = math.inf
         self.counter = 0
 
     def update(self, val_loss: float, step: int | None = None) -> bool:
-        """Record one validation loss; True when it improved (``val_loss < best - min_delta``).
+        """Record one validation loss; True when it is the lowest so far (worth a best checkpoint).
 
-        A NaN loss never counts as an improvement.
+        The patience counter restarts only when it beats ``reference - min_delta``. A NaN loss is
+        never an improvement.
         """
         val_loss = float(val_loss)
-        if val_loss < self.best - self.min_delta:
+        if val_loss < self.reference - self.min_delta:
+            self.reference = val_loss
+            self.counter = 0
+        else:
+            self.counter += 1
+        if val_loss < self.best:
             self.best = val_loss
             self.best_step = step
-            self.counter = 0
             return True
-        self.counter += 1
         return False
 
     @property
@@ -99,10 +107,11 @@ class EarlyStopping:
 
     def state_dict(self) -> dict[str, Any]:
         """Progress as plain Python numbers (``best`` is ``inf`` before the first validation)."""
-        return {"best": self.best, "best_step": self.best_step, "counter": self.counter}
+        return {"best": self.best, "best_step": self.best_step, "reference": self.reference, "counter": self.counter}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore progress saved by :meth:`state_dict`; patience and min_delta stay as constructed."""
         self.best = float(state["best"])
         self.best_step = None if state["best_step"] is None else int(state["best_step"])
+        self.reference = float(state.get("reference", state["best"]))  # older checkpoints: one and the same
         self.counter = int(state["counter"])

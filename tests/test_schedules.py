@@ -84,13 +84,13 @@ def test_early_stopping_counts_misses_against_min_delta():
     es = EarlyStopping(patience=2, min_delta=0.1)
     assert es.best == math.inf and es.best_step is None and not es.should_stop
     assert es.update(3.0, step=250)
-    assert not es.update(2.95, step=500)  # better, but not by min_delta
-    assert es.counter == 1 and es.best == 3.0 and not es.should_stop
-    assert es.update(2.8, step=750)
-    assert es.counter == 0 and es.best == 2.8 and es.best_step == 750
+    assert es.update(2.95, step=500)  # the new best (its checkpoint is the best), but not by min_delta
+    assert es.counter == 1 and es.best == 2.95 and es.reference == 3.0 and not es.should_stop
+    assert es.update(2.85, step=750)  # beats the reference 3.0 by more than 0.1
+    assert es.counter == 0 and es.best == 2.85 and es.reference == 2.85 and es.best_step == 750
     assert not es.update(float("nan"), step=1000)
-    assert not es.update(2.75, step=1250)
-    assert es.should_stop and es.best_step == 750
+    assert es.update(2.8, step=1250)  # lowest so far, yet within min_delta of 2.85: patience runs out
+    assert es.should_stop and es.best == 2.8 and es.best_step == 1250
 
 
 def test_early_stopping_state_round_trips_through_torch_and_json(tmp_path):
@@ -103,6 +103,9 @@ def test_early_stopping_state_round_trips_through_torch_and_json(tmp_path):
     restored = EarlyStopping(patience=3, min_delta=0.0)
     restored.load_state_dict(torch.load(tmp_path / "es.pt", weights_only=True))
     assert (restored.best, restored.best_step, restored.counter) == (2.0, 10, 1)
+    older = EarlyStopping(patience=3)
+    older.load_state_dict({"best": 2.0, "best_step": 10, "counter": 1})  # saved before "reference" existed
+    assert older.reference == 2.0
     again = EarlyStopping(patience=3)
     again.load_state_dict(json.loads(json.dumps(fresh.state_dict())))
     assert again.best == math.inf and again.counter == 0
