@@ -31,7 +31,8 @@ SWEEP_FILE = "sweep.json"
 RUN_COLUMNS: dict[str, str] = {
     "run": "string", "ablation": "string", "seed": "int64", "status": "string", "params": "int64",
     "steps": "int64", "best_val_loss": "float64", "best_step": "int64", "val_loss": "float64",
-    "perplexity": "float64", "tokens_per_sec": "float64", "wall_time_s": "float64", "path": "string",
+    "perplexity": "float64", "tokens_per_sec": "float64", "wall_time_s": "float64", "peak_memory_mb": "float64",
+    "path": "string",
 }
 """One summary row per run, with its Parquet type."""
 
@@ -125,6 +126,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
     validated = [(r["step"], r["val_loss"]) for r in rows if _finite(r.get("val_loss"))]
     best = min(validated, key=lambda v: v[1]) if validated else None
     last_val = validated[-1][1] if validated else math.nan
+    peak_memory = final.get("peak_memory_mb")  # None for runs of versions that did not record it
     tokens_per_sec = final.get("tokens_per_second")
     if tokens_per_sec is None and rows:
         tokens_per_sec = rows[-1].get("tokens_per_sec")
@@ -133,7 +135,8 @@ def run_row(record: RunRecord) -> dict[str, Any]:
         "params": record.params, "steps": final.get("total_steps") or (rows[-1]["step"] + 1 if rows else 0),
         "best_val_loss": best[1] if best else math.nan, "best_step": best[0] if best else None,
         "val_loss": last_val, "perplexity": math.exp(min(last_val, 50.0)) if validated else math.nan,
-        "tokens_per_sec": _float(tokens_per_sec), "wall_time_s": _wall_time(rows), "path": str(record.run_dir),
+        "tokens_per_sec": _float(tokens_per_sec), "wall_time_s": _wall_time(rows),
+        "peak_memory_mb": peak_memory if _finite(peak_memory) else None, "path": str(record.run_dir),
     }
 
 

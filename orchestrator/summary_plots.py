@@ -45,6 +45,33 @@ def write_summary_plots(runs: Sequence[PlotRun], ablations: Sequence[Mapping[str
     return paths
 
 
+def write_learning_curves(runs: Sequence[PlotRun], path: Path) -> Path:
+    """Training CE (moving average) and validation loss of every run on one axes, for a head-to-head.
+
+    The training curve is the cross-entropy part of the loss (``ce_loss``), not the total: a QFE run's
+    total adds its coherence term (spec B13), and validation loss is cross-entropy too. A run's label
+    is its ``label`` when given, else its ablation.
+    """
+    fig = new_figure(10, 6)
+    ax = fig.subplots()
+    styles = _styles(runs)
+    for run in runs:
+        series = series_from_rows(run["rows"])
+        colour, label = styles[run["name"]][0], run.get("label", run["ablation"])
+        if "ce_loss" in series:
+            xs, ys = series["ce_loss"]
+            size = min(SMOOTHING_WINDOW_MAX, max(1, len(ys) // 10))
+            ax.plot(xs[size - 1:], _moving_average(ys, size), color=colour, alpha=0.8,
+                    label=f"{label}: training loss (moving average)")
+        if "val_loss" in series:
+            ax.plot(*series["val_loss"], color=colour, linestyle="--", marker="o", markersize=4,
+                    label=f"{label}: validation loss")
+    if ax.has_data():
+        ax.legend(fontsize=8)
+    style_axes(ax, "Learning curves (cross-entropy)", ylabel="loss")
+    return save_png(fig, path)
+
+
 def _styles(runs: Sequence[PlotRun]) -> dict[str, tuple[str, str]]:
     """Run name -> (colour, line style): one colour per ablation, one style per seed of it."""
     colours: dict[str, str] = {}
