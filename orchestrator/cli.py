@@ -12,8 +12,10 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from orchestrator.config_file import add_config_argument, driver_runtime_env, parse_args, runtime_env_argument
 from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
 from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, MODEL_SIZES, ConfigError
 
@@ -57,7 +59,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, steps_default: int) ->
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--gpu", dest="gpu", action="store_true", help="one GPU per worker (NCCL)")
     device.add_argument("--cpu", dest="gpu", action="store_false", help="CPU workers (gloo), the default")
-    parser.add_argument("--output", default="experiments", help="folder that holds run folders")
+    parser.add_argument("--output", default="experiments",
+                        help="folder that holds run folders; train also takes a storage URI "
+                             "(s3://bucket/runs, gs://..., file:///...), which every cluster node reaches")
     parser.add_argument("--resume", default="auto", choices=["auto", "must", "never"],
                         help="auto: continue the unfinished run of this name; must: fail if none; never: new run")
     parser.add_argument("--no-monitoring", action="store_true", help="write no files (quick runs)")
@@ -66,6 +70,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, steps_default: int) ->
     parser.add_argument("--log-interval", type=_positive_int, default=10)
     parser.add_argument("--viz-interval", type=_positive_int, default=1000)
     parser.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before the run fails")
+    parser.add_argument("--runtime-env", type=runtime_env_argument, default=None, metavar="FILE",
+                        help="Ray runtime env (JSON or YAML, as for 'ray job submit --runtime-env') this "
+                             "driver starts or joins Ray with")
+    add_config_argument(parser)
 
 
 def settings_from_args(args: argparse.Namespace, ablation: str, name: str | None) -> RunSettings:
@@ -102,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     from orchestrator.sweep_cli import register_commands  # it builds on this module's run arguments
 
     register_commands(commands)
+    from orchestrator.benchmark_cmd import register_benchmark
+
+    register_benchmark(commands)
     return parser
 
 
@@ -115,6 +126,14 @@ def _print_progress(progress: Progress, task: Any, snapshot: dict[str, Any]) -> 
     progress.update(task, completed=done, description=" ".join(parts))
 
 
+def _print_warnings(console: Console, warnings: list[str], printed: list[str]) -> None:
+    """Print each run warning (a checkpoint not saved, a corrupt one skipped) once, as one line."""
+    for warning in warnings:
+        if warning not in printed:
+            printed.append(warning)
+            console.print(f"[yellow]warning: {escape(warning)}", soft_wrap=True)
+
+
 def run_train(args: argparse.Namespace, console: Console) -> int:
     """``spectral-gpt train``: returns the process exit code."""
     from orchestrator.run import run_training  # imports ray; kept off the --help path
@@ -124,6 +143,7 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
                TextColumn("{task.description}"), TimeRemainingColumn())
     progress = Progress(*columns, console=console, transient=False)
     tasks: list[Any] = []
+    warned: list[str] = []
 
     def show(snapshot: dict[str, Any]) -> None:
         # The bar starts with the first snapshot, i.e. once the run passed validation and Ray is up,
@@ -131,12 +151,14 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
         if not tasks:
             progress.start()
             tasks.append(progress.add_task("starting", total=settings.spec.train.steps, name=settings.name))
+        _print_warnings(console, snapshot.get("warnings", []), warned)
         _print_progress(progress, tasks[0], snapshot)
 
     try:
         outcome = run_training(settings, on_progress=show)
     finally:
         progress.stop()  # a no-op when it never started
+    _print_warnings(console, outcome.warnings, warned)
     metrics = outcome.final_metrics
     where = f" in {outcome.run_dir}" if outcome.run_dir else ""
     if outcome.status != "completed":
@@ -156,10 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["train", *argv]
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     console = Console(stderr=False)
     try:
-        return args.handler(args, console)
+        with driver_runtime_env(getattr(args, "runtime_env", None)):
+            return args.handler(args, console)
     except ConfigError as exc:
         parser.exit(2, f"spectral-gpt: error: {exc}\n")
     except KeyboardInterrupt:

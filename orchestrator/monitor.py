@@ -1,10 +1,11 @@
 """The rank-0 monitoring sink of one run: it owns every writer so training never waits for disk.
 
 :class:`RunMonitor` is a plain class (tested without Ray); :data:`MonitorActor` is the same class as
-a ``num_cpus=0`` Ray actor created by the driver, so it survives worker-group restarts. Rank 0 sends
-it metric rows fire-and-forget and hands it checkpoints through the object store; after a restart,
-rows replayed past the resumed step are dropped by the attempt token, and a rerun of the driver
-builds a new monitor that picks its state up from the files.
+a ``num_cpus=0`` Ray actor created by the driver on its own node (:func:`start_monitor`), so it
+survives worker-group restarts and the loss of a worker node. Rank 0 sends it metric rows
+fire-and-forget and hands it checkpoints through the object store; after a restart, rows replayed
+past the resumed step are dropped by the attempt token, and a rerun of the driver builds a new
+monitor that picks its state up from the files.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from typing import Any
 
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.monitoring import CheckpointManager, ConfigTracker, MetricsLogger, VisualizationManager
 from orchestrator.settings import RunSettings
+from orchestrator.storage import RunMirror, is_uri
 from orchestrator.telemetry import RunTelemetry
+from orchestrator.wire import from_wire
 from spectral_gpt.model import build_model_from_config
 
 log = logging.getLogger(__name__)
@@ -35,12 +39,17 @@ class RunMonitor:
 
     def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any]) -> None:
         self.settings = RunSettings.from_dict(settings)
-        self.run_dir = Path(run_dir) if run_dir else None
+        # A run at a URI is written in a staging copy on this node: downloaded now, uploaded as it changes.
+        self.mirror = RunMirror.attach(run_dir) if run_dir and is_uri(run_dir) else None
+        self.run_dir = self.mirror.staging if self.mirror else (Path(run_dir) if run_dir else None)
         self.dataset_info = dataset_info
         self.attempt = 0
         self.progress: dict[str, Any] = {"step": 0, "status": "starting"}
         self.workers: dict[int, int] = {}
         self.final: dict[str, Any] | None = None
+        self.warnings: list[str] = []
+        """Problems training went on through (a checkpoint not saved, a corrupt one skipped), each
+        once: shown by the CLI, kept in results.json and training.log."""
         self._memory_state: dict[str, Any] | None = None
         self._plot_model: torch.nn.Module | None = None
         run = self.run_dir.name if self.run_dir else self.settings.name
@@ -71,6 +80,7 @@ class RunMonitor:
                 model = build_model_from_config(self.settings.spec.model)
                 self.tracker.save_config(self.settings.to_dict(), model=model,
                                          dataset_info=self.dataset_info, hardware=hardware)
+            self._sync()
         kept = {k: v for k, v in self.progress.items() if k in ("resumed_from", "checkpoint_step")}
         self.progress = {"resumed_from": start_step, **kept, "step": start_step, "status": "running",
                          "start_step": start_step, "attempt": self.attempt, "attempt_started": time.time()}
@@ -90,15 +100,20 @@ class RunMonitor:
             return
         for row in rows:
             self.metrics.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
+        if self.mirror is not None:
+            self.mirror.sync_if_due()
 
     def save_checkpoint(self, attempt: int, step: int, state: dict[str, Any], val_loss: float | None) -> bool:
         """Commit ``state`` as the checkpoint of ``step`` (atomic, with retention); False if dropped."""
         if attempt != self.attempt:
             return False
+        state = from_wire(state)
         if self.checkpoints is None:
             self._memory_state = state
         elif self.checkpoints.save_checkpoint(step, state=state, val_loss=val_loss) is None:
+            self._warn(*self.checkpoints.last_warnings)
             return False
+        self._sync()
         self.progress["checkpoint_step"] = step
         return True
 
@@ -110,33 +125,58 @@ class RunMonitor:
         self.plots.generate_training_plots(step, self.metrics.load_metrics())
         if self._plot_model is None:
             self._plot_model = build_model_from_config(self.settings.spec.model)
-        self._plot_model.load_state_dict(model_state)
+        self._plot_model.load_state_dict(from_wire(model_state))
         self.plots.generate_model_plots(step, self._plot_model)
+        self._sync()
 
     def latest_state(self) -> dict[str, Any] | None:
         """The newest committed training state (from disk, or memory when nothing is written)."""
         if self.checkpoints is None:
             return self._memory_state
         payload = self.checkpoints.load_latest_checkpoint()
+        fallback = ("starting from step 0" if payload is None
+                    else f"resuming from the checkpoint of step {payload['step']} instead")
+        self._warn(*(f"{problem}; {fallback}" for problem in self.checkpoints.last_warnings))
         return None if payload is None else payload["state"]
 
     def finish(self, status: str, final_metrics: dict[str, Any], generation_samples: list[str] | None = None,
                error: str | None = None) -> None:
         """Write results.json with ``status`` and the final metrics; flush every writer."""
         self.final = {"status": status, "final_metrics": final_metrics, "error": error,
-                      "generation_samples": generation_samples or []}
+                      "generation_samples": generation_samples or [], "warnings": list(self.warnings)}
         self.progress["status"] = status
         if self.run_dir is None:
             return
         self.metrics.flush_parquet()
         best = self.checkpoints.best_checkpoint()
-        self.tracker.save_results(final_metrics, best_checkpoint=str(best) if best else None,
-                                  generation_samples=generation_samples, status=status, error=error)
+        best_location = None if best is None else self.mirror.remote_location(best) if self.mirror else str(best)
+        self.tracker.save_results(final_metrics, best_checkpoint=best_location,
+                                  generation_samples=generation_samples, status=status, error=error,
+                                  warnings=self.warnings)
+        self._sync()
+
+    def release(self) -> bool:
+        """The run is over: upload what a run at a URI still has only here and drop the staging copy."""
+        return self.mirror.release() if self.mirror is not None else True
+
+    def _sync(self) -> None:
+        """Upload the staging copy of a run at a URI (checkpoints before the manifest that lists them)."""
+        if self.mirror is not None:
+            self.mirror.sync()
+
+    def _warn(self, *messages: str) -> None:
+        """Record each new warning (the writers already logged it) in training.log and for results.json."""
+        for message in messages:
+            if message not in self.warnings:
+                self.warnings.append(message)
+                if self.metrics is not None:
+                    self.metrics.log_warning(message)
 
     # -- calls from the driver ---------------------------------------------------------------
     def get_progress(self) -> dict[str, Any]:
         """A snapshot for the driver's progress line."""
-        return {**self.progress, "workers": dict(self.workers), "monitor_pid": os.getpid(), "time": time.time()}
+        return {**self.progress, "workers": dict(self.workers), "monitor_pid": os.getpid(), "time": time.time(),
+                "warnings": list(self.warnings)}
 
     def get_final(self) -> dict[str, Any] | None:
         """What :meth:`finish` recorded, or None if the workers never finished."""
@@ -154,3 +194,15 @@ If its process dies, Ray restarts it (the constructor rebuilds its state from th
 re-sends the calls that were in flight, so training goes on; the resolved metrics keep one row per
 step even if a replayed row lands twice. With monitoring off there are no files to rebuild from, so
 a restarted actor has no checkpoint to offer until the next save."""
+
+
+def start_monitor(run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any]) -> Any:
+    """Create the run's :data:`MonitorActor` pinned to the caller's node (the driver's, or a Tune trial's).
+
+    Train pins its controller there too: losing that node ends the run anyway, so a monitor there
+    outlives the loss of any worker node, with the last committed checkpoint the restarted workers
+    need, and writes its files where the driver reads them. Ray's default placement prefers the
+    caller's node but may pick another one when it is busy, and that node could be the one lost.
+    """
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return MonitorActor.options(scheduling_strategy=here).remote(run_dir, settings, dataset_info)

@@ -8,7 +8,6 @@ the files, and the workers restore the latest committed checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -25,14 +24,19 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from orchestrator.monitor import MonitorActor
+from orchestrator.config_file import current_runtime_env
+from orchestrator.monitor import start_monitor
 from orchestrator.monitoring import create_experiment_directory, generate_experiment_id
-from orchestrator.settings import MonitoringSettings, RunSettings, build_run_settings
+from orchestrator.settings import MonitoringSettings, RunSettings, build_run_settings, check_folders
+from orchestrator.storage import claim_run_location, is_uri, list_run_folders, ray_train_storage
 from orchestrator.worker import train_loop_per_worker
 from spectral_gpt.config import ConfigError
-from spectral_gpt.data import BatchSampler, TokenDataset
+from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
 
 log = logging.getLogger(__name__)
+
+RELEASE_TIMEOUT_S = 600.0
+"""How long the driver waits for the last upload of a run at a URI before giving up on it."""
 
 API_SERVER_VARIABLE = "RAY_API_SERVER_ADDRESS"
 """Where Ray processes look for the state API (served by the dashboard)."""
@@ -53,59 +57,71 @@ class RunOutcome:
 
     status: str
     """``completed``, ``failed`` or ``stopped``."""
-    run_dir: Path | None
+    run_dir: Path | str | None
+    """The run folder: a path, or a URI when ``--output`` is storage; None with monitoring off."""
     final_metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     generation_samples: list[str] = field(default_factory=list)
     start_step: int = 0
     """The step this invocation resumed from (0 for a fresh run)."""
+    warnings: list[str] = field(default_factory=list)
+    """What training went on through: a checkpoint the disk refused, a corrupt one skipped at resume."""
 
 
 def prepare_data(settings: RunSettings) -> TokenDataset:
-    """Tokenise (or reuse the cache) and check the model fits the data, before Ray starts."""
+    """Check the output and cache folders, tokenise (or reuse the cache) and check the model fits the
+    data: the first step of every run and sweep, before Ray starts.
+
+    A corpus the run cannot use (too small for a batch of windows) is a user mistake, and its
+    cache entry, if this call made it, is removed again: a rejected command leaves nothing behind.
+    """
+    check_folders(settings)
+    cache = Path(settings.data.cache_dir)
+    cached_before = set(os.listdir(cache)) if cache.is_dir() else set()
     dataset = TokenDataset.prepare(settings.data.dataset, settings.data.cache_dir, settings.data.vocab_size)
-    if dataset.vocab_size > settings.spec.model.vocab_size:
-        raise ConfigError(f"the tokenizer has {dataset.vocab_size} tokens but the model only "
-                          f"{settings.spec.model.vocab_size}; pick vocab_size >= {dataset.vocab_size}")
     spec = settings.spec
-    BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
+    try:
+        if dataset.vocab_size > spec.model.vocab_size:
+            raise ConfigError(f"the tokenizer has {dataset.vocab_size} tokens but the model only "
+                              f"{spec.model.vocab_size}; pick vocab_size >= {dataset.vocab_size}")
+        BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
+        validation_batches(dataset.val, spec.model.block_size, spec.train.batch_size, 1)  # one batch must fit
+    except ConfigError:
+        if dataset.directory.name not in cached_before:
+            shutil.rmtree(dataset.directory, ignore_errors=True)
+        raise
     return dataset
 
 
-def find_unfinished_run(settings: RunSettings) -> Path | None:
-    """The newest run folder of this name whose results.json does not say ``completed``."""
-    output = Path(settings.output)
-    if not output.is_dir():
-        return None
-    candidates = []
-    for folder in output.glob(f"{settings.name}_*"):
-        config = folder / "config.json"
-        if not folder.is_dir() or not config.is_file():
-            continue
-        try:
-            saved = json.loads(config.read_text())["config"]
-        except (OSError, ValueError, KeyError):
-            continue
-        if saved.get("name") != settings.name or _status(folder) == "completed":
-            continue
-        candidates.append((config.stat().st_mtime, folder, saved))
+def find_unfinished_run(settings: RunSettings) -> Path | str | None:
+    """The newest run folder of this name whose results.json does not say ``completed``.
+
+    A path, or a URI when the output is storage (the monitoring actor downloads that run).
+    """
+    candidates = [f for f in list_run_folders(settings.output, f"{settings.name}_")
+                  if f.config.get("name") == settings.name and f.status != "completed"]
     if not candidates:
         return None
-    _, folder, saved = max(candidates, key=lambda c: c[0])
-    if saved.get("spec") != settings.spec.to_dict():
-        raise ConfigError(f"the unfinished run {folder} was started with other settings; rerun it with the "
-                          "same flags, or pass --resume never to start a new run")
-    return folder
+    newest = max(candidates, key=lambda f: f.config_mtime)
+    differs = first_difference(newest.config.get("spec"), settings.spec.to_dict())
+    if differs:
+        raise ConfigError(f"the unfinished run {newest.location} was started with other settings ({differs}); "
+                          "rerun it with the same flags, or pass --resume never to start a new run")
+    return newest.location if is_uri(newest.location) else Path(newest.location)
 
 
-def _status(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / "results.json").read_text()).get("status")
-    except (OSError, ValueError):
+def first_difference(saved: Any, wanted: Any, where: str = "") -> str | None:
+    """``"model.d_model=64 there, 128 now"`` for the first setting that differs, None when equal."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
+        for key in [*saved, *(k for k in wanted if k not in saved)]:
+            found = first_difference(saved.get(key), wanted.get(key), f"{where}.{key}" if where else key)
+            if found:
+                return found
         return None
+    return None if saved == wanted else f"{where or 'spec'}={saved!r} there, {wanted!r} now"
 
 
-def resolve_run_dir(settings: RunSettings) -> Path | None:
+def resolve_run_dir(settings: RunSettings) -> Path | str | None:
     """The run folder (None when monitoring is off), found or created per ``settings.resume``."""
     if not settings.monitoring.enabled:
         if settings.resume == "must":
@@ -116,6 +132,8 @@ def resolve_run_dir(settings: RunSettings) -> Path | None:
         return existing
     if settings.resume == "must":
         raise ConfigError(f"--resume must: no unfinished run named {settings.name!r} in {settings.output}")
+    if is_uri(settings.output):
+        return claim_run_location(settings.output, settings.name)
     exp_id = generate_experiment_id(settings.name, settings.output)
     return Path(create_experiment_directory(settings.output, exp_id)["root"])
 
@@ -128,16 +146,21 @@ def connect_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     the dashboard serves, whether the run's controller is gone; without an answer the dead run keeps
     its workers' CPUs and the trials after it wait forever. Workers find that API through
     RAY_API_SERVER_ADDRESS, inherited from this process while Ray starts, so other Ray instances on
-    the machine cannot mislead them.
+    the machine cannot mislead them. Inside :func:`orchestrator.config_file.driver_runtime_env`
+    (``--runtime-env``) Ray is started or joined with that runtime env.
     """
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    runtime_env = current_runtime_env()
     if ray.is_initialized():
+        if runtime_env:
+            log.warning("Ray is already initialised in this process; the runtime env is not applied")
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
+        ray.init(log_to_driver=False, runtime_env=runtime_env)
         return
-    local = dict(address="local", num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING)
+    local = dict(address="local", num_cpus=num_cpus, log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env=runtime_env)
     if not dashboard:
         ray.init(include_dashboard=False, **local)
         return
@@ -175,8 +198,9 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
     else:
         run_dir = Path(create_experiment_directory(run_dir.parent, run_dir.name)["root"])
     connect_ray()
-    monitor = MonitorActor.remote(str(run_dir) if run_dir else None, settings.to_dict(), dataset.info())
-    storage = run_dir / ".ray" if run_dir else Path(tempfile.mkdtemp(prefix="spectral-gpt-"))
+    monitor = start_monitor(str(run_dir) if run_dir else None, settings.to_dict(), dataset.info())
+    storage, storage_fs = (ray_train_storage(str(run_dir)) if run_dir
+                           else (tempfile.mkdtemp(prefix="spectral-gpt-"), None))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings.to_dict(), "monitor": monitor, "report": report_to_ray},
@@ -184,7 +208,8 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
                                                use_gpu=settings.scaling.use_gpu),
         run_config=ray.train.RunConfig(
             # A fresh Ray run per invocation: resume state comes from our checkpoints, never Ray's.
-            name=f"invocation_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}", storage_path=str(storage),
+            name=f"invocation_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}",
+            storage_path=storage, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=settings.scaling.max_failures),
             callbacks=callbacks or None),
     )
@@ -192,9 +217,19 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
         fit_error = _fit_with_progress(trainer, monitor, on_progress, poll_seconds)
         return _outcome(monitor, run_dir, fit_error)
     finally:
+        if run_dir is not None and is_uri(str(run_dir)):
+            _release_staging(monitor)
         ray.kill(monitor)
         if run_dir is None:
             shutil.rmtree(storage, ignore_errors=True)
+
+
+def _release_staging(monitor: Any) -> None:
+    """Have the monitoring actor upload its last rows and drop its staging copy of a run at a URI."""
+    try:
+        ray.get(monitor.release.remote(), timeout=RELEASE_TIMEOUT_S)
+    except ray.exceptions.RayError as exc:  # a dead actor's files are remote up to its last sync
+        log.warning("monitoring actor did not release its staging copy (%s)", exc)
 
 
 def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callable | None,
@@ -224,9 +259,9 @@ def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None
         error = f"training failed: {fit_error}" if fit_error else "training ended without a result"
         if run_dir is not None:
             ray.get(monitor.finish.remote("failed", {}, None, error))
-        return RunOutcome("failed", run_dir, error=error, start_step=start)
+        return RunOutcome("failed", run_dir, error=error, start_step=start, warnings=progress["warnings"])
     return RunOutcome(final["status"], run_dir, final["final_metrics"], final["error"],
-                      final["generation_samples"], start_step=start)
+                      final["generation_samples"], start_step=start, warnings=final["warnings"])
 
 
 def train_experiment(experiment: str = "wave_baseline", model: str = "tiny", steps: int = 500, *,

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from orchestrator.storage import check_output, normalize_output
 from spectral_gpt.config import (
     BATCH_SIZES,
     GPT2_VOCAB,
@@ -89,7 +91,8 @@ class RunSettings:
     size: str
     ablation: str
     output: str
-    """Absolute folder that holds run folders (a relative path is made absolute at the edge)."""
+    """Absolute folder that holds run folders (a relative path is made absolute at the edge), or a
+    storage URI (``s3://bucket/runs``, ``file:///...``): see :mod:`orchestrator.storage`."""
     spec: RunSpec
     data: DataSettings = field(default_factory=DataSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
@@ -102,8 +105,7 @@ class RunSettings:
                               "starting with a letter or digit (no path separators)")
         if self.resume not in RESUME_MODES:
             raise ConfigError(f"resume={self.resume!r} is not one of: {', '.join(RESUME_MODES)}")
-        if not os.path.isabs(self.output):
-            raise ConfigError(f"output={self.output!r} must be an absolute path")
+        check_output(self.output)
         if self.spec.train.batch_size % self.scaling.workers:
             raise ConfigError(f"batch_size={self.spec.train.batch_size} must be divisible by "
                               f"workers={self.scaling.workers} (each worker takes an equal share)")
@@ -130,11 +132,16 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
                        eval_interval: int | None = None, monitoring: MonitoringSettings | None = None,
                        scaling: ScalingSettings | None = None, cache_dir: str | None = None,
                        **experiment_overrides: Any) -> RunSettings:
-    """Validate user choices into :class:`RunSettings`; raises :class:`ConfigError` with one line."""
+    """Validate user choices into :class:`RunSettings`; raises :class:`ConfigError` with one line.
+
+    ``None`` means "the default" for the optional numbers; an explicit 0 is a mistake, not a default.
+    """
+    require_int("steps", steps)
     exp: ExperimentConfig = get_ablation(ablation)
     if experiment_overrides:
         exp = _replace(exp, experiment_overrides)
-    vocab_size = vocab_size or (GPT2_VOCAB if dataset == "fineweb-edu" else 1024)
+    if vocab_size is None:
+        vocab_size = GPT2_VOCAB if dataset == "fineweb-edu" else 1024
     model = model_config_for(size, exp, vocab_size=vocab_size)
     monitoring = monitoring or MonitoringSettings()
     scaling = scaling or ScalingSettings()
@@ -142,14 +149,48 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
         # A private local cluster would have no GPU resource and Ray would wait for one forever.
         raise ConfigError("--gpu (use_gpu=True) needs a CUDA GPU, but torch.cuda.is_available() is False "
                           "here; drop --gpu, or submit to a GPU cluster (RAY_ADDRESS / ray job submit)")
-    train = TrainConfig(steps=steps, seed=seed, batch_size=batch_size or BATCH_SIZES[size],
-                        eval_interval=eval_interval or min(250, monitoring.checkpoint_interval, steps))
+    train = TrainConfig(steps=steps, seed=seed, batch_size=BATCH_SIZES[size] if batch_size is None else batch_size,
+                        eval_interval=(min(250, monitoring.checkpoint_interval, steps) if eval_interval is None
+                                       else eval_interval))
     return RunSettings(
-        name=name or exp.name, size=size, ablation=exp.name, output=os.path.abspath(os.fspath(output)),
+        name=exp.name if name is None else name, size=size, ablation=exp.name, output=normalize_output(output),
         spec=RunSpec(model=model, experiment=exp, train=train),
         data=DataSettings(dataset=dataset, vocab_size=vocab_size,
                           cache_dir=os.path.abspath(cache_dir) if cache_dir else default_cache_dir()),
         monitoring=monitoring, scaling=scaling, resume=resume)
+
+
+def check_folders(settings: RunSettings) -> None:
+    """Raise a one-line ConfigError unless the run can write its output folder and token cache.
+
+    Called right before a run or sweep starts (not when settings are built: validating a cluster
+    command on a laptop must not need the cluster's ``/mnt/shared``).
+    """
+    if settings.monitoring.enabled and os.path.isabs(settings.output):  # a storage URI is checked by its writer
+        require_folder("output", settings.output)
+    require_folder("cache_dir", settings.data.cache_dir, write=False)
+
+
+def require_folder(field: str, path: str, *, write: bool = True) -> None:
+    """Raise a one-line ConfigError unless ``path`` is a folder, or one that can be created here.
+
+    A file in the way, a read-only mount or a pseudo file system (``/proc``) is found by making and
+    at once removing a temporary folder in the nearest existing ancestor, so the mistake surfaces
+    before Ray starts and leaves nothing behind. ``write=False`` accepts an existing folder as it is
+    (a shared, read-only token cache that already holds the corpus works).
+    """
+    base = Path(path)
+    while not os.path.lexists(base) and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise ConfigError(f"{field}={path!r} cannot be a folder: {str(base)!r} is a file")
+    if base == Path(path) and not write:
+        return
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".spectral-gpt-probe-", dir=base))
+    except OSError as exc:
+        raise ConfigError(f"{field}={path!r} is not writable: a folder cannot be made in {str(base)!r} "
+                          f"({exc.strerror or exc})") from None
 
 
 def _replace(exp: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:

@@ -33,6 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
 from orchestrator.run import connect_ray, prepare_data, run_training
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings
+from orchestrator.storage import is_uri
 from orchestrator.summary import (
     SWEEP_FILE,
     RunRecord,
@@ -149,6 +150,9 @@ def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, in
     Raises :class:`ConfigError` (one line) for an unknown ablation, ``seeds < 1``, or more concurrent
     trials than this machine's CPUs (GPUs with ``--gpu``) can hold at ``workers`` per trial.
     """
+    if is_uri(output):
+        raise ConfigError(f"output={os.fspath(output)!r}: a sweep needs a folder every node mounts (NFS, EFS, "
+                          "a PVC); storage URIs work for single runs (spectral-gpt train --output)")
     ablations = resolve_ablations(experiments)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r} must be an integer >= 1")

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli import add_run_arguments, settings_from_args
+from orchestrator.config_file import driver_runtime_env, parse_args
 from orchestrator.summary import (
     RUN_HEADERS,
     SWEEP_FILE,
@@ -193,10 +194,11 @@ def _loss(value: float | None) -> str:
 def ablate_main(argv: Sequence[str] | None = None, prog: str = "wave_experiments.py") -> int:
     """``ablate`` as a program of its own (the seed's script); returns the exit code."""
     parser = seed_script_parser(prog)
-    args = apply_seed_flags(parser.parse_args(argv), visible_gpus=torch.cuda.device_count())
+    args = apply_seed_flags(parse_args(parser, argv), visible_gpus=torch.cuda.device_count())
     console = Console()
     try:
-        return run_ablate(args, console)
+        with driver_runtime_env(args.runtime_env):
+            return run_ablate(args, console)
     except ConfigError as exc:
         parser.exit(2, f"{prog}: error: {exc}\n")
     except KeyboardInterrupt:

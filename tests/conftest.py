@@ -31,3 +31,16 @@ def ray_session():
              object_store_memory=256 * 1024**2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def two_worker_reference(ray_session, token_cache, tmp_path_factory):
+    """An uninterrupted 2-worker run: what every faulted 2-worker run must equal, step for step."""
+    from runs import TWO_WORKER_STEPS, run_settings
+
+    from orchestrator.run import run_training
+
+    outcome = run_training(run_settings(tmp_path_factory.mktemp("reference"), token_cache, "reference",
+                                        workers=2, steps=TWO_WORKER_STEPS))
+    assert outcome.status == "completed", outcome.error
+    return outcome

@@ -1,8 +1,8 @@
 """``spectral-gpt`` as a user runs it: real processes, real files, real local Ray clusters.
 
-A mistake must cost the user one readable line and exit code 2 before Ray starts or any folder is
-made; a driver killed mid-run (SIGKILL takes its local Ray cluster with it) must be continued by
-running the same command again; ``--no-monitoring`` must leave nothing behind. Every subprocess gets
+A driver killed mid-run (SIGKILL takes its local Ray cluster with it) must be continued by running
+the same command again; ``--no-monitoring`` must leave nothing behind (user mistakes, one line and
+exit code 2 before anything starts, are tests/test_mistakes.py). Every subprocess gets
 its own token cache (``SPECTRAL_GPT_CACHE``) and Ray temp dir (``RAY_TMPDIR``), so the tests never
 touch ``~/.cache`` or ``/tmp/ray`` and can tell whether Ray started at all.
 """
@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
+from test_secrets import assert_no_secret, secret_environment, secret_runtime_env
 
 from orchestrator.cli import main
 from orchestrator.monitoring import MetricsLogger
@@ -104,104 +104,11 @@ def _wait_until_gone(deadline_s: float, *, running_only: bool = False, **which: 
     return found
 
 
-def _assert_one_error_line(stderr: str, expected: str) -> None:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got:\n{stderr}"
-    assert lines[0].startswith(ERROR_PREFIX), lines[0]
-    assert expected in lines[0], lines[0]
-    assert "Traceback" not in stderr
-
-
 def _tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
-@pytest.fixture
-def bad_files(tmp_path: Path) -> Path:
-    """Data files a user might point --dataset at by mistake."""
-    (tmp_path / "empty.txt").write_text("")
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
-    (tmp_path / "a_folder").mkdir()
-    (tmp_path / "tiny.txt").write_text("a few words only\n")
-    return tmp_path
-
-
-# -- 1. bad input: exit 2, one line, nothing started or written ----------------------------------
-
-IN_PROCESS_MISTAKES = [
-    pytest.param(["--experiment", "nope"], "argument --experiment: invalid choice: 'nope'", id="unknown-experiment"),
-    pytest.param(["--model", "huge"], "argument --model: invalid choice: 'huge'", id="unknown-model"),
-    pytest.param(["--steps", "0"], "argument --steps: '0' must be >= 1", id="steps-0"),
-    pytest.param(["--steps", "abc"], "argument --steps: 'abc' is not an integer", id="steps-abc"),
-    pytest.param(["--keep-last", "0"], "argument --keep-last: '0' must be >= 1", id="keep-last-0"),
-    pytest.param(["--checkpoint-interval", "0"], "argument --checkpoint-interval: '0' must be >= 1",
-                 id="checkpoint-interval-0"),
-    pytest.param(["--log-interval", "-1"], "argument --log-interval: '-1' must be >= 1", id="log-interval-neg"),
-    pytest.param(["--workers", "0"], "argument --workers: '0' must be >= 1", id="workers-0"),
-    pytest.param(["--resume", "maybe"], "argument --resume: invalid choice: 'maybe'", id="resume-maybe"),
-    pytest.param(["--dataset", "/nonexistent/file.txt"], "dataset file '/nonexistent/file.txt' does not exist",
-                 id="dataset-missing"),
-    pytest.param(["--dataset", "{tmp}/empty.txt"], "is empty", id="dataset-empty"),
-    pytest.param(["--dataset", "{tmp}/latin1.txt"], "is not UTF-8 text", id="dataset-not-utf8"),
-    pytest.param(["--dataset", "{tmp}/a_folder"], "is not a regular file", id="dataset-directory"),
-    pytest.param(["--name", "../escape"], "name='../escape' must be", id="name-dotdot"),
-    pytest.param(["--name", "a/b"], "name='a/b' must be", id="name-slash"),
-    pytest.param(["--workers", "2", "--batch-size", "3"], "batch_size=3 must be divisible by workers=2",
-                 id="batch-not-divisible"),
-    pytest.param(["--lr", "-1"], "lr=-1.0 must be a finite number > 0", id="lr-negative"),
-    pytest.param(["--lr", "nan"], "lr=nan must be a finite number > 0", id="lr-nan"),
-    pytest.param(["--max-failures", "-5"], "max_failures=-5 must be an integer", id="max-failures-neg"),
-]
-
-
-@pytest.mark.parametrize("argv, expected", IN_PROCESS_MISTAKES)
-def test_a_mistake_is_one_error_line_and_exit_2_before_anything_starts(
-        argv, expected, bad_files, token_cache, monkeypatch, capsys):
-    """In-process for speed (one torch import for the whole battery); the subprocess test below
-    proves the same contract end to end for one mistake of each layer."""
-    monkeypatch.setenv("SPECTRAL_GPT_CACHE", token_cache)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    out = bad_files / "out"
-    ray_was_up = ray.is_initialized()
-    with pytest.raises(SystemExit) as exc:
-        main(["train", *(a.format(tmp=bad_files) for a in argv), "--output", str(out)])
-    assert exc.value.code == 2
-    captured = capsys.readouterr()
-    _assert_one_error_line(captured.err, expected)
-    assert captured.out.strip() == "", "a progress bar or other output for a run that never started"
-    assert not out.exists()
-    assert ray.is_initialized() == ray_was_up  # no Ray started by a rejected command
-
-
-SUBPROCESS_MISTAKES = [
-    # argparse layer, through the default command (no "train"): our parser prints no usage block.
-    pytest.param(["--steps", "abc"], {}, "argument --steps: 'abc' is not an integer", id="argparse-steps-abc"),
-    # settings layer: no CUDA here (and none visible), no cluster to join -> Ray would wait forever.
-    pytest.param(["train", "--gpu"], {"CUDA_VISIBLE_DEVICES": ""}, "--gpu (use_gpu=True) needs a CUDA GPU",
-                 id="gpu-without-cuda"),
-    # run layer, after the data is prepared: the issue's "--resume must with no run" one-liner.
-    pytest.param(["train", "--resume", "must", "--name", "nothing"], {},
-                 "--resume must: no unfinished run named 'nothing'", id="resume-must-no-run"),
-    # data layer: the block (64 for tiny) needs 65 tokens; --vocab-size 257 keeps the tokenizer from
-    # also warning that a 4-word corpus cannot support the default 1024 tokens.
-    pytest.param(["train", "--dataset", "{tmp}/tiny.txt", "--vocab-size", "257"], {},
-                 "block_size=64 is larger than the data", id="block-larger-than-data"),
-]
-
-
-@pytest.mark.parametrize("argv, extra_env, expected", SUBPROCESS_MISTAKES)
-def test_a_mistake_fails_end_to_end_with_exit_2_one_line_and_no_ray(
-        argv, extra_env, expected, bad_files, token_cache, ray_tmp):
-    """The real process: exit status, the bytes on stderr, no folder and an untouched Ray temp dir."""
-    out = bad_files / "out"
-    proc = subprocess.run([*CLI, *(a.format(tmp=bad_files) for a in argv), "--output", str(out)],
-                          env=_env(token_cache, ray_tmp, **extra_env), cwd=bad_files,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    _assert_one_error_line(proc.stderr, expected)
-    assert proc.stdout.strip() == ""
-    assert not out.exists()
-    assert list(ray_tmp.iterdir()) == [], "Ray started before the mistake was found"
+# -- 1. bad input: see test_mistakes.py (the whole battery, in-process and as processes) ------------
 
 
 # -- 2. help -------------------------------------------------------------------------------------
@@ -242,11 +149,17 @@ def _committed_steps(out: Path, name: str) -> list[int]:
 
 def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path, token_cache, ray_tmp, sessions):
     """SIGKILL of the driver's process group (driver + the local Ray cluster it started), then the
-    same command: it must find the unfinished run by name and continue from its last checkpoint."""
+    same command: it must find the unfinished run by name and continue from its last checkpoint.
+
+    Both runs also carry secret-looking variables and a ``--runtime-env`` with one more (see
+    test_secrets.py): none may reach the run folder or the console, and the runtime env must reach Ray.
+    """
     out, name, steps = tmp_path / "out", "driverkill", 200
+    runtime_env, runtime_secret = secret_runtime_env(tmp_path)
+    secrets = secret_environment()
     cmd = [str(SCRIPT), "train", "--steps", str(steps), "--checkpoint-interval", "20", "--eval-interval", "20",
-           "--log-interval", "10", "--output", str(out), "--name", name]
-    env = _env(token_cache, ray_tmp)
+           "--log-interval", "10", "--output", str(out), "--name", name, "--runtime-env", str(runtime_env)]
+    env = _env(token_cache, ray_tmp, **secrets)
     log1 = tmp_path / "first.log"
     with open(log1, "w") as log:
         first = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=log,
@@ -297,6 +210,9 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     assert {r["attempt"] for r in rows if r["step"] >= start} == {attempts[-1]["attempt"]}
     # A normal exit shuts its local cluster down too.
     assert _wait_until_gone(60, sid=second.pid) == [], "Ray processes outlived a finished driver"
+
+    assert results["final_metrics"]["torch_threads"] == 2, "the --runtime-env did not reach Ray's workers"
+    assert_no_secret(out, [log1.read_bytes(), stdout.encode(), stderr.encode()], [*secrets.values(), runtime_secret])
 
 
 # -- 4. --no-monitoring --------------------------------------------------------------------------

@@ -9,30 +9,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
 from orchestrator.run import run_training, train_experiment
-from orchestrator.settings import MonitoringSettings, ScalingSettings, build_run_settings
+from orchestrator.settings import MonitoringSettings
 from spectral_gpt.config import ConfigError
 
 
-def _settings(tmp_path: Path, cache: str, name: str, *, workers: int = 1, steps: int = 60, **kw):
-    return build_run_settings(
-        ablation=kw.pop("ablation", "wave_baseline"), steps=steps, batch_size=8, name=name,
-        output=tmp_path / name, cache_dir=cache, eval_interval=20,
-        monitoring=kw.pop("monitoring", MonitoringSettings(checkpoint_interval=10, log_interval=1,
-                                                           viz_interval=1000)),
-        scaling=ScalingSettings(workers=workers, max_failures=2), **kw)
-
-
-def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return CheckpointManager(run_dir).load_latest_checkpoint()["state"]["model"]
-
-
-def test_two_worker_run_killed_mid_way_ends_exactly_like_an_uninterrupted_one(ray_session, token_cache, tmp_path):
-    steps = 120
-    reference = run_training(_settings(tmp_path, token_cache, "reference", workers=2, steps=steps))
-    assert reference.status == "completed", reference.error
+def test_two_worker_run_killed_mid_way_ends_exactly_like_an_uninterrupted_one(two_worker_reference, token_cache,
+                                                                              tmp_path):
+    steps, reference = TWO_WORKER_STEPS, two_worker_reference
 
     killed: list[int] = []
 
@@ -42,7 +29,7 @@ def test_two_worker_run_killed_mid_way_ends_exactly_like_an_uninterrupted_one(ra
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    outcome = run_training(_settings(tmp_path, token_cache, "killed", workers=2, steps=steps),
+    outcome = run_training(run_settings(tmp_path, token_cache, "killed", workers=2, steps=steps),
                            on_progress=kill_rank1_after_first_checkpoint, poll_seconds=0.05)
     assert killed, "the run ended before a checkpoint was committed"
     assert outcome.status == "completed", outcome.error
@@ -58,7 +45,7 @@ def test_two_worker_run_killed_mid_way_ends_exactly_like_an_uninterrupted_one(ra
     assert {r["attempt"] for r in rows if r["step"] >= restart["start_step"]} == {2}
     assert {r["attempt"] for r in rows if r["step"] < restart["start_step"]} == {1}
 
-    ref_weights, weights = _final_weights(reference.run_dir), _final_weights(outcome.run_dir)
+    ref_weights, weights = final_weights(reference.run_dir), final_weights(outcome.run_dir)
     assert ref_weights.keys() == weights.keys()
     assert all(torch.equal(ref_weights[k], weights[k]) for k in weights)
     assert outcome.final_metrics["val_loss"] == reference.final_metrics["val_loss"]
@@ -73,7 +60,7 @@ def test_a_killed_monitoring_actor_is_restarted_and_training_goes_on(ray_session
             os.kill(progress["monitor_pid"], signal.SIGKILL)
             killed.append(progress["monitor_pid"])
 
-    outcome = run_training(_settings(tmp_path, token_cache, "monitor_kill", steps=steps),
+    outcome = run_training(run_settings(tmp_path, token_cache, "monitor_kill", steps=steps),
                            on_progress=kill_monitor_after_first_checkpoint, poll_seconds=0.05)
     assert killed, "the run ended before a checkpoint was committed"
     assert outcome.status == "completed", outcome.error
@@ -86,7 +73,7 @@ def test_a_killed_monitoring_actor_is_restarted_and_training_goes_on(ray_session
 
 
 def test_run_writes_the_seed_layout_and_a_completed_result(ray_session, token_cache, tmp_path):
-    settings = _settings(tmp_path, token_cache, "layout", ablation="full_physics", steps=30,
+    settings = run_settings(tmp_path, token_cache, "layout", ablation="full_physics", steps=30,
                          monitoring=MonitoringSettings(checkpoint_interval=10, log_interval=5, viz_interval=15))
     outcome = run_training(settings)
     assert outcome.status == "completed", outcome.error
@@ -120,7 +107,7 @@ def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_c
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
-    settings = _settings(tmp_path, token_cache, "diverge", steps=40, lr=1e12, warmup_steps=0)
+    settings = run_settings(tmp_path, token_cache, "diverge", steps=40, lr=1e12, warmup_steps=0)
     outcome = run_training(settings)
     assert outcome.status == "failed"
     assert "training diverged at step" in outcome.error
@@ -130,7 +117,7 @@ def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache,
 
 
 def test_resume_must_without_a_run_is_a_config_error(token_cache, tmp_path):
-    settings = _settings(tmp_path, token_cache, "nothing", resume="must")
+    settings = run_settings(tmp_path, token_cache, "nothing", resume="must")
     with pytest.raises(ConfigError, match="no unfinished run named 'nothing'"):
         run_training(settings)
     assert not (tmp_path / "nothing").exists()

@@ -16,6 +16,7 @@ actor); any number of readers, which re-read the manifest on every call and neve
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -78,6 +79,9 @@ class CheckpointManager:
         self.keep_last_n = keep_last_n
         self.latest_pointer = self.checkpoint_dir / LATEST_NAME
         self.manifest_path = self.checkpoint_dir / MANIFEST_NAME
+        self.last_warnings: list[str] = []
+        """What the latest save or load call warned about, one line each (also logged): a caller
+        that reports problems elsewhere (the monitoring actor: results.json, the console) reads it."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self._reconcile()
 
@@ -106,9 +110,11 @@ class CheckpointManager:
         to find at the first save, not a corrupt checkpoint to discover at resume.
         """
         step = int(step)
+        self.last_warnings = []
         payload = self._payload(step, model, optimizer, loss_history, config, state, val_loss)
         _check_loadable(payload, "payload")
         final = self.checkpoint_dir / checkpoint_file_name(step)
+        digest = None
         try:
             digest = self._write(final, payload)
             entry = {
@@ -121,21 +127,26 @@ class CheckpointManager:
             }
             self._commit(entry)
         except OSError as exc:
-            log.warning("checkpoint at step %d not saved (%s); the next save will try again", step, exc)
+            if digest is not None:  # written but never listed in the manifest: free its space now
+                with contextlib.suppress(OSError):
+                    final.unlink()
+            self._warn(f"checkpoint at step {step} not saved ({exc}); the next save will try again")
             return None
         self._update_pointer(final.name)
         return final
 
     def load_checkpoint(self, step: int) -> dict[str, Any] | None:
         """The committed checkpoint of ``step`` after its sha256 check, or ``None`` (with a warning)."""
+        self.last_warnings = []
         entry = next((e for e in self._entries() if e["step"] == step), None)
         if entry is None:
-            log.warning("no committed checkpoint for step %d in %s", step, self.checkpoint_dir)
+            self._warn(f"no committed checkpoint for step {step} in {self.checkpoint_dir}")
             return None
         return self._load(entry)
 
     def load_latest_checkpoint(self) -> dict[str, Any] | None:
         """The newest committed checkpoint that verifies and loads; older ones are tried in turn."""
+        self.last_warnings = []
         for entry in reversed(self._entries()):
             payload = self._load(entry)
             if payload is not None:
@@ -198,7 +209,14 @@ class CheckpointManager:
         sha = hashlib.sha256()
 
         def write(fh: BinaryIO) -> None:
-            torch.save(payload, _HashingWriter(fh, sha))
+            writer = _HashingWriter(fh, sha)
+            try:
+                torch.save(payload, writer)
+            except RuntimeError:
+                # torch's zip writer turns a failed write() into "unexpected pos ..."; report the disk's own error.
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
 
         atomic.write_atomic(final, write)
         return sha.hexdigest()
@@ -249,17 +267,21 @@ class CheckpointManager:
         path = self.checkpoint_dir / entry["file"]
         try:
             if entry["sha256"] is not None and _sha256_file(path) != entry["sha256"]:
-                log.warning("checkpoint %s is corrupt (sha256 mismatch); skipping it", path)
+                self._warn(f"checkpoint {path} is corrupt (sha256 mismatch); skipping it")
                 return None
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable file means "use an older one"
-            log.warning("checkpoint %s could not be loaded (%s: %s); skipping it",
-                        path, type(exc).__name__, exc)
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self._warn(f"checkpoint {path} could not be loaded ({type(exc).__name__}: {first_line}); skipping it")
             return None
         if not isinstance(payload, dict):
-            log.warning("checkpoint %s does not hold a dict; skipping it", path)
+            self._warn(f"checkpoint {path} does not hold a dict; skipping it")
             return None
         return payload
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.last_warnings.append(message)
 
     def _entries(self) -> list[dict[str, Any]]:
         """Committed entries whose files exist, ascending by step (re-read: another process writes)."""
@@ -322,15 +344,21 @@ class CheckpointManager:
 
 
 class _HashingWriter:
-    """A file wrapper that hashes the bytes on their way to disk (no second read of a big file)."""
+    """A file wrapper that hashes the bytes on their way to disk (no second read of a big file), and
+    keeps the ``OSError`` of a failed write (a full disk, a file size limit) for the caller."""
 
     def __init__(self, fh: BinaryIO, sha: Any):
         self._fh = fh
         self._sha = sha
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         self._sha.update(data)
-        return self._fh.write(data)
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self._fh.flush()

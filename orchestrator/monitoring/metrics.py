@@ -106,6 +106,18 @@ class MetricsLogger:
                 self.flush_parquet()
         return written
 
+    def log_warning(self, message: str) -> bool:
+        """Append ``WARNING message`` to training.log, so the run's own log tells what training went
+        on through (a refused or corrupt checkpoint); ``False`` (and a logged warning) if the disk refused."""
+        self._flush_handles()  # the rows before it stay before it
+        try:
+            with atomic.open_output(self.log_file, "a") as fh:
+                fh.write(f"[{datetime.now():%Y-%m-%d %H:%M:%S}] WARNING {message}\n")
+        except OSError as exc:
+            log.warning("warning not written to %s (%s)", self.log_file, exc)
+            return False
+        return True
+
     def begin_attempt(self, start_step: int) -> int:
         """Start a new attempt whose first logged step is ``start_step``; return its number.
 

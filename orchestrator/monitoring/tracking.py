@@ -137,8 +137,10 @@ class ConfigTracker:
         generation_samples: Sequence[str] | None = None,
         status: str = "completed",
         error: str | None = None,
+        warnings: Sequence[str] | None = None,
     ) -> Path | None:
-        """Record how the run ended: status, final metrics, best checkpoint, samples, error."""
+        """Record how the run ended: status, final metrics, best checkpoint, samples, error, and the
+        warnings of the run (a checkpoint the disk refused, a corrupt one skipped at resume)."""
         if status not in RUN_STATUSES:
             raise ValueError(f"status={status!r} is not one of: {', '.join(RUN_STATUSES)}")
         record = {
@@ -149,6 +151,7 @@ class ConfigTracker:
             "best_checkpoint": str(best_checkpoint) if best_checkpoint is not None else None,
             "generation_samples": list(generation_samples) if generation_samples is not None else None,
             "error": error,
+            "warnings": list(warnings or []),
         }
         return self._write(self.results_file, record)
 

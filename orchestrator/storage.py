@@ -1,0 +1,379 @@
+"""Where run folders live: a local (or NFS) path, or a storage URI that every node of a cluster reaches.
+
+``--output`` is an absolute path, or a URI that ``pyarrow.fs`` opens itself (``file://``, ``s3://``,
+``gs://``, ``hdfs://``, ``abfs://`` ...) or one of a few fsspec file systems (``az://``, ``oss://`` ...)
+that pyarrow reaches through ``PyFileSystem(FSSpecHandler(...))``, as Ray Train does for its storage.
+
+The monitoring library writes plain POSIX files (atomic renames, fsync), which an object store cannot
+give. So a run at a URI is worked on through a local *staging* copy on the monitoring actor's node:
+:class:`RunMirror` downloads the run folder there when the actor starts (a resumed run, or an actor
+Ray restarted elsewhere) and uploads what changed at every checkpoint, plot and result, and at least
+every :data:`MIRROR_INTERVAL_S` while metric rows arrive. Uploads go in commit order (checkpoint
+files, then the manifest that lists them, then the rest, ``results.json`` last) and files the run
+let go are deleted only after that, so whatever instant the actor dies at, the remote folder is a
+consistent run folder whose newest listed checkpoint loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from orchestrator.monitoring import atomic, generate_experiment_id
+from orchestrator.monitoring.checkpoints import MANIFEST_NAME
+from spectral_gpt.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+PYARROW_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+"""URI schemes pyarrow.fs opens natively; Ray Train's ``storage_path`` takes the same ones."""
+FSSPEC_SCHEMES = ("s3a", "az", "adl", "oss", "oci", "webhdfs", "dbfs")
+"""Shared storages reached through fsspec; each needs its package (``adlfs`` for ``az://`` ...)."""
+MIRROR_INTERVAL_S = 30.0
+"""Longest time metric rows stay only in the staging copy while a run logs."""
+NOT_DOWNLOADED = (".ray", "visualizations")
+"""Top-level folders a staging copy leaves remote: Ray Train's own (Ray writes it there itself) and
+the plots (only ever written, never read back)."""
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_SECRET_PARAM = re.compile(r"secret|password|token|credential|key|sig", re.IGNORECASE)
+_CHUNK = 8 << 20
+
+
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    """Whether ``location`` names storage by URI (``scheme://...``) rather than a local path."""
+    return bool(_SCHEME.match(os.fspath(location)))
+
+
+def normalize_output(output: str | os.PathLike[str]) -> str:
+    """``output`` as settings store it: a local path made absolute, or a checked URI (ConfigError)."""
+    text = os.fspath(output)
+    return check_output(text if is_uri(text) else os.path.abspath(text))
+
+
+def check_output(output: str) -> str:
+    """Validate ``output`` and return its canonical form; one-line ConfigError when it cannot work.
+
+    Only the text and the installed packages are checked, never the network: pyarrow's ``s3://``
+    resolves the bucket's region with a request (6 s to fail offline) and ``gs://`` can hang.
+    """
+    if not is_uri(output):
+        if not os.path.isabs(output):
+            raise ConfigError(f"output={output!r} must be an absolute path or a storage URI "
+                              f"({', '.join(s + '://' for s in (*PYARROW_SCHEMES, *FSSPEC_SCHEMES))})")
+        return output
+    try:
+        parts = urlsplit(output)
+        parts.port  # noqa: B018 - parsing the port is what validates it
+    except ValueError as exc:
+        raise ConfigError(f"output={_redacted(output)!r} is not a valid URI ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in PYARROW_SCHEMES + FSSPEC_SCHEMES:
+        allowed = ", ".join(s + "://" for s in (*PYARROW_SCHEMES, *FSSPEC_SCHEMES))
+        raise ConfigError(f"output={output!r} uses the unknown storage scheme '{scheme}://'; "
+                          f"allowed: an absolute path, {allowed}")
+    if parts.password is not None or any(_SECRET_PARAM.search(k) for k, _ in parse_qsl(parts.query)):
+        raise ConfigError(f"output={_redacted(output)!r} carries a credential; give it through the storage's "
+                          "environment (e.g. AWS_ACCESS_KEY_ID) so it never reaches config.json or a log")
+    if parts.fragment:
+        raise ConfigError(f"output={output!r} has a '#' fragment, which no storage path allows")
+    if scheme == "file" and (parts.netloc or not parts.path.startswith("/") or not parts.path.strip("/")):
+        raise ConfigError(f"output={output!r}: a file:// URI needs an absolute path and no host, "
+                          "e.g. file:///abs/folder")
+    if scheme != "file" and not parts.netloc:
+        raise ConfigError(f"output={output!r} names no bucket or host after '{scheme}://'")
+    if ".." in parts.path.split("/"):
+        raise ConfigError(f"output={output!r} contains '..'; give the folder itself")
+    if scheme in FSSPEC_SCHEMES:
+        _require_fsspec(output, scheme)
+    return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+def _require_fsspec(output: str, scheme: str) -> None:
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"output={output!r} needs the fsspec file system for {scheme}://, which is not "
+                          f"installed here ({_first_line(exc)})") from None
+
+
+def _redacted(uri: str) -> str:
+    """``uri`` with any user-info and query masked, for an error message that must not leak a secret."""
+    return re.sub(r"\?.*", "?***", re.sub(r"(://)[^/?#]*@", r"\1***@", uri))
+
+
+def join_location(location: str, *names: str) -> str:
+    """``location`` (a path or a URI) with ``names`` appended as path components; a URI keeps its query."""
+    if not is_uri(location):
+        return os.path.join(location, *names)
+    parts = urlsplit(location)
+    return urlunsplit(parts._replace(path="/".join([parts.path.rstrip("/"), *names])))
+
+
+def open_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow file system that holds ``location`` and the path inside it (s3/gs may ask the network)."""
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    if urlsplit(location).scheme.lower() in PYARROW_SCHEMES:
+        return pafs.FileSystem.from_uri(location)
+    import fsspec.core
+
+    fs, path = fsspec.core.url_to_fs(location)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def ray_train_storage(run_location: str) -> tuple[str, pafs.FileSystem | None]:
+    """Ray Train's ``storage_path`` and ``storage_filesystem`` for a run: its ``.ray`` folder.
+
+    Every node must reach it (Train checks that with a marker file), so it sits in the run folder:
+    a path or a pyarrow URI goes as is, an fsspec URI as the wrapped file system and its path.
+    """
+    target = join_location(run_location, ".ray")
+    if not is_uri(target) or urlsplit(target).scheme.lower() in PYARROW_SCHEMES:
+        return target, None
+    fs, path = open_filesystem(target)
+    return path, fs
+
+
+@dataclass(frozen=True)
+class RunFolderInfo:
+    """What the driver reads of one run folder to decide which run a rerun continues."""
+
+    location: str
+    """The folder: an absolute path, or a URI when the output is one."""
+    config_mtime: float
+    config: dict[str, Any]
+    """``config.json``'s ``config``: the run's settings."""
+    status: str | None
+    """``results.json``'s ``status``; None while the run has not ended."""
+
+
+def list_run_folders(output: str, prefix: str) -> list[RunFolderInfo]:
+    """Folders in ``output`` named ``prefix...`` that hold a readable ``config.json``, local or remote.
+
+    A storage that cannot be read (no such bucket, no credentials) is a ConfigError, raised before
+    Ray starts; a missing output folder simply holds no runs.
+    """
+    try:
+        fs, base = open_filesystem(output)
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        found = []
+        for entry in entries:
+            if entry.type != pafs.FileType.Directory or not entry.base_name.startswith(prefix):
+                continue
+            config_file = f"{entry.path}/config.json"
+            config = _read_json(fs, config_file).get("config")
+            if not isinstance(config, dict):
+                continue
+            mtime = fs.get_file_info(config_file).mtime
+            found.append(RunFolderInfo(join_location(output, entry.base_name),
+                                       mtime.timestamp() if mtime else 0.0, config,
+                                       _read_json(fs, f"{entry.path}/results.json").get("status")))
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(f"output={output!r} cannot be read ({_first_line(exc)})") from None
+    return found
+
+
+def claim_run_location(output: str, name: str) -> str:
+    """A new run folder at the storage URI ``output``, under a fresh id, created empty.
+
+    Object stores have no exclusive mkdir, so the id is one no folder there has yet (two drivers
+    starting a run of one name in the same second could still meet; a local output cannot).
+    """
+    try:
+        fs, base = open_filesystem(output)
+        while True:
+            run_id = generate_experiment_id(name)
+            if fs.get_file_info(f"{base}/{run_id}").type == pafs.FileType.NotFound:
+                fs.create_dir(f"{base}/{run_id}")
+                return join_location(output, run_id)
+    except (OSError, pa.ArrowException) as exc:
+        raise ConfigError(f"output={output!r} cannot be written ({_first_line(exc)})") from None
+
+
+def default_staging_root() -> Path:
+    """Where monitoring actors keep staging copies of runs at a URI (``SPECTRAL_GPT_STAGING`` or /tmp)."""
+    return Path(os.environ.get("SPECTRAL_GPT_STAGING") or Path(tempfile.gettempdir()) / "spectral-gpt-staging")
+
+
+class RunMirror:
+    """A run folder at a URI, worked on through a local staging copy that is uploaded as it changes.
+
+    One mirror writes a run at a time (its monitoring actor); anyone may read the remote folder.
+    """
+
+    def __init__(self, location: str, filesystem: pafs.FileSystem, remote_root: str, staging: Path) -> None:
+        self.location = location
+        self.filesystem = filesystem
+        self.remote_root = remote_root.rstrip("/")
+        self.staging = Path(staging)
+        self._synced: dict[str, tuple[int, int]] = {}
+        """Files the remote holds as the staging copy has them: relative path -> (size, mtime_ns)."""
+        self._made_dirs: set[str] = set()
+        self._last_sync = time.monotonic()
+
+    @classmethod
+    def attach(cls, location: str, staging_root: Path | None = None) -> "RunMirror":
+        """Open the run at the URI ``location`` and download it into a fresh staging copy here."""
+        fs, root = open_filesystem(location)
+        digest = hashlib.sha256(location.encode()).hexdigest()[:16]
+        staging = Path(staging_root or default_staging_root()) / digest / root.rstrip("/").rsplit("/", 1)[-1]
+        mirror = cls(location, fs, root, staging)
+        mirror.download()
+        return mirror
+
+    def download(self) -> int:
+        """Replace the staging copy with the remote files (plots and Ray's folder stay remote); a count."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True)
+        self._synced.clear()
+        selector = pafs.FileSelector(self.remote_root, recursive=True, allow_not_found=True)
+        prefix = self.remote_root + "/"
+        for info in self.filesystem.get_file_info(selector):
+            rel = info.path[len(prefix):] if info.path.startswith(prefix) else None
+            if (rel is None or info.type != pafs.FileType.File or rel.split("/", 1)[0] in NOT_DOWNLOADED
+                    or atomic.is_temp_name(info.base_name)):
+                continue
+            local = self.staging / rel
+            local.parent.mkdir(parents=True, exist_ok=True)
+            with self.filesystem.open_input_stream(info.path) as src, open(local, "wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+            self._synced[rel] = _signature(local)
+        return len(self._synced)
+
+    def sync(self) -> bool:
+        """Upload what changed in commit order, then delete remote files the run let go.
+
+        Never raises: a failure is a warning and what comes after it waits for the next sync, so a
+        checkpoint that did not go up is never listed by an uploaded manifest.
+        """
+        self._last_sync = time.monotonic()
+        local = self._scan()
+        changed = sorted((rel for rel, sig in local.items() if self._synced.get(rel) != sig), key=_upload_order)
+        try:
+            for rel in changed:
+                self._upload(rel)
+                self._synced[rel] = local[rel]
+            for rel in [r for r in self._synced if r not in local]:
+                try:
+                    self.filesystem.delete_file(f"{self.remote_root}/{rel}")
+                except FileNotFoundError:
+                    pass
+                del self._synced[rel]
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("run folder %s not fully uploaded (%s); the next sync tries again",
+                        self.location, _first_line(exc))
+            return False
+        return True
+
+    def sync_if_due(self) -> bool:
+        """:meth:`sync` when the last one is :data:`MIRROR_INTERVAL_S` old (metric rows between saves)."""
+        return self.sync() if time.monotonic() - self._last_sync >= MIRROR_INTERVAL_S else True
+
+    def remote_location(self, local_path: Path | str) -> str:
+        """The URI of a file of the staging copy once uploaded (e.g. the best checkpoint's)."""
+        return join_location(self.location, *Path(local_path).relative_to(self.staging).parts)
+
+    def release(self) -> bool:
+        """Upload what is left and delete the staging copy (kept, with a warning, if the upload fails)."""
+        if not self.sync():
+            log.warning("staging copy %s kept: uploading it to %s failed", self.staging, self.location)
+            return False
+        shutil.rmtree(self.staging, ignore_errors=True)
+        try:
+            self.staging.parent.rmdir()
+        except OSError:
+            pass  # another run of the same output is staged here too
+        return True
+
+    def _scan(self) -> dict[str, tuple[int, int]]:
+        """Regular files of the staging copy; temporary files and the latest-pointer symlink stay local."""
+        found = {}
+        for folder, _, names in os.walk(self.staging):
+            for name in names:
+                path = Path(folder) / name
+                if atomic.is_temp_name(name) or path.is_symlink():
+                    continue
+                try:
+                    found[path.relative_to(self.staging).as_posix()] = _signature(path)
+                except FileNotFoundError:
+                    continue
+        return found
+
+    def _upload(self, rel: str) -> None:
+        """Copy one file up; where a half-written file would be visible, through a temporary name."""
+        target = f"{self.remote_root}/{rel}"
+        if not _writes_in_place(self.filesystem):
+            self._copy_up(rel, target)  # an object appears whole when its stream closes
+            return
+        parent = target.rsplit("/", 1)[0]
+        if parent not in self._made_dirs:
+            self.filesystem.create_dir(parent, recursive=True)
+            self._made_dirs.add(parent)
+        temp = atomic.temp_path_for(Path(target)).as_posix()
+        try:
+            self._copy_up(rel, temp)
+            self.filesystem.move(temp, target)
+        except BaseException:
+            try:
+                self.filesystem.delete_file(temp)
+            except (OSError, pa.ArrowException):
+                pass
+            raise
+
+    def _copy_up(self, rel: str, target: str) -> None:
+        with open(self.staging / rel, "rb") as src, self.filesystem.open_output_stream(target) as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+
+
+def _upload_order(rel: str) -> tuple[int, str]:
+    """Files others point at go first: checkpoint files, the manifest committing them, results last."""
+    if rel.startswith("checkpoints/checkpoint_step_"):
+        rank = 0
+    elif rel == f"checkpoints/{MANIFEST_NAME}":
+        rank = 1
+    elif rel == "results.json":
+        rank = 3
+    else:
+        rank = 2
+    return rank, rel
+
+
+def _writes_in_place(fs: pafs.FileSystem) -> bool:
+    """Whether a file shows under its name while being written (POSIX-like), unlike an object store."""
+    return fs.type_name in ("local", "hdfs") or (fs.type_name.startswith("py::fsspec") and "local" in fs.type_name)
+
+
+def _signature(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
+    try:
+        with fs.open_input_stream(path) as fh:
+            data = json.loads(fh.read().decode("utf-8"))
+    except (OSError, ValueError, pa.ArrowException):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
