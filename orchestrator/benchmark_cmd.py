@@ -23,12 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli import add_run_arguments
-from orchestrator.config_file import driver_runtime_env, parse_args
 from orchestrator.monitoring import atomic
 from orchestrator.summary import RunRecord, load_run, run_row
 from orchestrator.summary_plots import write_learning_curves
-from orchestrator.sweep_cli import sweep_settings_from_args
-from spectral_gpt.config import ConfigError
+from orchestrator.sweep_cli import run_script, sweep_settings_from_args
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepSettings
@@ -215,13 +213,4 @@ def benchmark_main(argv: Sequence[str] | None = None, prog: str = "wave_benchmar
     """``benchmark`` as a program of its own (the seed's script); returns the exit code."""
     parser = _ScriptParser(prog=prog, description=f"{DESCRIPTION} The same as 'spectral-gpt benchmark'.")
     add_benchmark_arguments(parser)
-    args = parse_args(parser, argv)
-    console = Console()
-    try:
-        with driver_runtime_env(args.runtime_env):
-            return run_benchmark(args, console)
-    except ConfigError as exc:
-        parser.exit(2, f"{prog}: error: {exc}\n")
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted; run the same command again to continue the benchmark")
-        return 130
+    return run_script(parser, argv, run_benchmark, what="benchmark")

@@ -199,8 +199,3 @@ def _replace(exp: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConf
     if unknown:
         raise ConfigError(f"unknown experiment setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     return dataclasses.replace(exp, **overrides)
-
-
-def run_folder_prefix(settings: RunSettings) -> Path:
-    """The output folder and name prefix every run folder of this run name starts with."""
-    return Path(settings.output) / f"{settings.name}_"

@@ -7,7 +7,7 @@ that pyarrow reaches through ``PyFileSystem(FSSpecHandler(...))``, as Ray Train 
 The monitoring library writes plain POSIX files (atomic renames, fsync), which an object store cannot
 give. So a run at a URI is worked on through a local *staging* copy on the monitoring actor's node:
 :class:`RunMirror` downloads the run folder there when the actor starts (a resumed run, or an actor
-Ray restarted elsewhere) and uploads what changed at every checkpoint, plot and result, and at least
+Ray restarted after its process died) and uploads what changed at every checkpoint, plot and result, and at least
 every :data:`MIRROR_INTERVAL_S` while metric rows arrive. Uploads go in commit order (checkpoint
 files, then the manifest that lists them, then the rest, ``results.json`` last) and files the run
 let go are deleted only after that, so whatever instant the actor dies at, the remote folder is a

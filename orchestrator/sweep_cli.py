@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -193,16 +193,26 @@ def _loss(value: float | None) -> str:
 
 def ablate_main(argv: Sequence[str] | None = None, prog: str = "wave_experiments.py") -> int:
     """``ablate`` as a program of its own (the seed's script); returns the exit code."""
-    parser = seed_script_parser(prog)
-    args = apply_seed_flags(parse_args(parser, argv), visible_gpus=torch.cuda.device_count())
+    return run_script(seed_script_parser(prog), argv, run_ablate, what="sweep",
+                      prepare=lambda args: apply_seed_flags(args, visible_gpus=torch.cuda.device_count()))
+
+
+def run_script(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+               run: Callable[[argparse.Namespace, Console], int], *, what: str,
+               prepare: Callable[[argparse.Namespace], argparse.Namespace] | None = None) -> int:
+    """A sub-command as a program of its own (the seed's scripts): a mistake is one line and exit 2,
+    Ctrl-C says how to continue the ``what``; returns the exit code."""
+    args = parse_args(parser, argv)
+    if prepare is not None:
+        args = prepare(args)
     console = Console()
     try:
         with driver_runtime_env(args.runtime_env):
-            return run_ablate(args, console)
+            return run(args, console)
     except ConfigError as exc:
-        parser.exit(2, f"{prog}: error: {exc}\n")
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted; run the same command again to continue the sweep")
+        console.print(f"[yellow]interrupted; run the same command again to continue the {what}")
         return 130
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,3 +30,17 @@ def run_settings(output: Path, cache: str, name: str, *, workers: int = 1, steps
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """The model weights of a run's newest checkpoint."""
     return CheckpointManager(run_dir).load_latest_checkpoint()["state"]["model"]
+
+
+def kill_until_gone(find_pids: Callable[[], list[int]], seconds: float = 20.0) -> list[int]:
+    """SIGKILL every process ``find_pids`` names and wait for them to go; returns what still runs after
+    ``seconds`` (the test clusters' cleanup: nothing of theirs may outlive a test)."""
+    for pid in find_pids():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + seconds
+    while find_pids() and time.time() < deadline:
+        time.sleep(0.2)
+    return find_pids()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from runs import kill_until_gone
 
 BIN = Path(sys.executable).parent
 
@@ -59,15 +59,7 @@ def head_node():
     try:
         yield f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics"
     finally:
-        for pid in _cluster_pids(temp_dir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.time() + 20
-        while _cluster_pids(temp_dir) and time.time() < deadline:
-            time.sleep(0.2)
-        leftover = _cluster_pids(temp_dir)
+        leftover = kill_until_gone(lambda: _cluster_pids(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not leftover, f"processes of the test cluster survived: {leftover}"
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-from runs import final_weights
+from runs import final_weights, kill_until_gone
 
 from orchestrator.monitoring import MetricsLogger
 
@@ -44,15 +42,7 @@ def _session_pids(session: int) -> list[int]:
 
 def _stop_session(session: int) -> list[int]:
     """SIGKILL whatever of the scenario's session outlived it; returns what still runs after 20 s."""
-    for pid in _session_pids(session):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 20
-    while _session_pids(session) and time.time() < deadline:
-        time.sleep(0.2)
-    return _session_pids(session)
+    return kill_until_gone(lambda: _session_pids(session))
 
 
 def _run_scenario(tmp_path: Path, token_cache: str) -> dict:
