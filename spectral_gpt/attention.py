@@ -4,16 +4,18 @@ Shapes: x is (B,T,d); wave queries/keys are (B,h,T,W) with W = num_waves per hea
 (B,h,T,D) with D = d/h. Every variant is causal: position p never sees positions > p.
 Where a variant is softmax attention (standard, interference) it runs through
 ``F.scaled_dot_product_attention`` so it gets fused kernels; pure-wave attention is not a softmax and
-is written out.
+is written out (its quadratic mode as one autograd Function that works in place on the T x T matrix).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from spectral_gpt.config import ModelConfig
 
@@ -92,6 +94,61 @@ KERNELS = {
     "exp": torch.exp,
 }
 """Pure-wave kernels: each maps -inf to exactly 0, which is how future positions are dropped."""
+
+_KERNELS_INPLACE = {
+    "elu_plus_one": lambda s: F.elu_(s).add_(1.0),
+    "sigmoid": torch.sigmoid_,
+    "exp": torch.exp_,
+}
+"""The same kernels, overwriting their input (the (B,h,T,T) scores are not needed again)."""
+
+_KERNEL_SLOPES = {
+    "elu_plus_one": lambda y: y.clamp(max=1.0),   # 1 where s > 0 (y = s + 1 > 1), else e^s = y
+    "sigmoid": lambda y: y * (1.0 - y),
+    "exp": lambda y: y,
+}
+"""κ'(s) of each kernel written as a function of its output y = κ(s), which is what the backward keeps;
+each is exactly 0 where y = κ(-inf) = 0, so future positions get zero gradient."""
+
+
+class _PureWaveWeights(torch.autograd.Function):
+    """``dropout(κ(causal(q kᵀ))) v`` for (B,h,T,W) q, k and (B,h,T,D) v, with a hand-written backward.
+
+    Autograd through the plain expression allocates a fresh (B,h,T,T) tensor for every elementwise
+    step and keeps four of them for the backward; on CPUs, where the allocation of such a tensor costs
+    more than the arithmetic on it, that dominated pure-wave attention. Here the scores are masked
+    and passed through the kernel in place, and the backward keeps only the kernel output, the
+    dropped-out weights and the dropout mask. ``torch.native_dropout`` draws the mask ``F.dropout``
+    would draw (F.dropout is native_dropout on CUDA; on CPUs both draw one Bernoulli tensor of the
+    same shape from the global generator), so a run sees exactly the dropout of the plain expression;
+    tests/test_attention.py checks outputs and gradients against it with dropout on.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str,
+                dropout: float) -> torch.Tensor:
+        T = q.size(2)
+        scores = q @ k.transpose(-1, -2)
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+        # -inf before the kernel: exactly 0 weight and 0 gradient, even where exp would overflow.
+        kernel_out = _KERNELS_INPLACE[kernel](scores.masked_fill_(future, float("-inf")))
+        weights, keep = kernel_out, None
+        if dropout > 0.0:
+            weights, keep = torch.native_dropout(kernel_out, dropout, True)
+        ctx.kernel, ctx.dropout = kernel, dropout
+        ctx.save_for_backward(q, k, v, kernel_out, weights, keep)
+        return weights @ v
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, kernel_out, weights, keep = ctx.saved_tensors
+        grad_v = weights.transpose(-1, -2) @ grad
+        grad_scores = grad @ v.transpose(-1, -2)
+        if keep is not None:
+            grad_scores.mul_(keep).mul_(1.0 / (1.0 - ctx.dropout))
+        grad_scores.mul_(_KERNEL_SLOPES[ctx.kernel](kernel_out))
+        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None
 
 
 def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -176,14 +233,14 @@ class PureWaveAttention(nn.Module):
         return self.o_proj(_merge_heads(y))
 
     def _quadratic(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # A = dropout(κ(g_h q̂·k̂) / sqrt(p+1)) and out = A v, rearranged so that only the unavoidable
+        # passes touch the (B,h,T,T) matrix: g_h scales q (B,h,T,W) before the product, and the row
+        # factor 1/sqrt(p+1) scales the output rows (B,h,T,D) after it (dropout's mask is elementwise,
+        # so it commutes with both). Same function up to float rounding (tests/test_attention.py).
         T = q.size(2)
-        scores = (q @ k.transpose(-1, -2)) * self.head_scale.view(1, -1, 1, 1)
-        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        # -inf before the kernel: exactly 0 weight and 0 gradient, even where exp would overflow.
-        weights = self.kernel(scores.masked_fill(future, float("-inf")))
-        row_scale = torch.arange(1, T + 1, device=q.device, dtype=q.dtype).rsqrt()[:, None]
-        weights = F.dropout(weights * row_scale, self.dropout, self.training)
-        return weights @ v
+        dropout = self.dropout if self.training else 0.0
+        out = _PureWaveWeights.apply(q * self.head_scale.view(1, -1, 1, 1), k, v, self.kernel_name, dropout)
+        return out * torch.arange(1, T + 1, device=q.device, dtype=q.dtype).rsqrt()[:, None]
 
 
 def build_attention(cfg: ModelConfig) -> nn.Module:

@@ -31,28 +31,78 @@ def resonance_alpha(step: int, strength: float, warmup_steps: int) -> float:
     return min(1.0, step / warmup_steps) * strength
 
 
-def _resonance_gate(theta: Tensor, update: Tensor, alpha: float, eps: float) -> Tensor:
-    """``Re(ifft2(F2(u) * rho))`` of spec 2.1, computed on the half spectrum.
+_GATE_BATCH_ELEMENTS = {"cpu": 1 << 20}
+"""Most elements (weights and updates together) one batched FFT call may stack, by device type.
 
-    theta and u are real, so their 2-D spectra are conjugate-symmetric: the magnitudes (hence both
-    maxima and rho) are symmetric under the conjugate index map, the gated spectrum stays
-    conjugate-symmetric and ``irfft2`` of its half equals the real part of the full inverse. This
-    halves the FFT work and memory of the original, which dominated its step time (spec 8,
-    Performance); tests/test_physics.py checks the equality against the literal full-FFT formula.
+Batching same-shape matrices into one call saves per-call overhead (and, on GPUs, kernel launches)
+for the many small matrices of a model; on CPUs a batch larger than the caches is slower than
+separate calls (measured on the small model's 1536x384 MLP weights), hence the CPU cap. Other
+devices use :data:`_GATE_BATCH_ELEMENTS_DEFAULT`.
+"""
+_GATE_BATCH_ELEMENTS_DEFAULT = 1 << 24
+
+
+def _normalised_power(spectra: Tensor, eps: float) -> Tensor:
+    """``(|X| / (max|X| + eps))²`` of every matrix in ``spectra`` (k, m, n'), max taken per matrix.
+
+    Squared magnitudes ``re² + im²`` cost a fraction of the complex ``abs`` (a hypot per element),
+    and normalising before :func:`_gate` multiplies two of them keeps the product from overflowing.
     """
-    shape = theta.shape
-    work = torch.float32 if theta.dtype in _LOW_PRECISION else theta.dtype
-    theta2d = theta.reshape(shape[0], -1).to(work)
-    update2d = update.reshape(shape[0], -1).to(work)
-    theta_mag = torch.fft.rfft2(theta2d).abs()
-    spectrum = torch.fft.rfft2(update2d)
-    update_mag = spectrum.abs()
-    theta_mag.div_(theta_mag.amax() + eps)
-    update_mag.div_(update_mag.amax() + eps)
-    rho = theta_mag.mul_(update_mag).add_(eps).sqrt_().mul_(alpha).add_(1.0 - alpha)
-    torch.view_as_real(spectrum).mul_(rho.unsqueeze(-1))  # complex * real, without promoting rho
-    gated = torch.fft.irfft2(spectrum, s=update2d.shape)
-    return gated.reshape(shape).to(update.dtype)
+    parts = torch.view_as_real(spectra)
+    power = parts[..., 0] * parts[..., 0]
+    power.addcmul_(parts[..., 1], parts[..., 1])
+    peak = power.amax(dim=(-2, -1), keepdim=True).sqrt_().add_(eps).square_()
+    return power.div_(peak)
+
+
+def _gate(thetas: Tensor, updates: Tensor, alpha: float, eps: float) -> Tensor:
+    """Spec 2.1's ``Re(ifft2(F2(u) * rho))`` for k matrices at once: thetas, updates (k, m, n) -> (k, m, n).
+
+    Computed on the half spectrum: theta and u are real, so their spectra are conjugate-symmetric, rho
+    is symmetric under the conjugate index map and ``irfft2`` of the gated half equals the real part of
+    the full inverse (half the FFT work of the original, whose 2-D FFTs dominated its step time, spec 8
+    "Performance"). ``rho = alpha * sqrt(sqrt(P_theta * P_u) + eps) + (1 - alpha)`` with the normalised
+    powers P of :func:`_normalised_power` is the spec's ``alpha * sqrt(|Θ|n |U|n + eps) + (1 - alpha)``
+    up to rounding (tests/test_physics.py checks it against a float64 DFT of the literal formula).
+    """
+    rho = _normalised_power(torch.fft.rfft2(thetas), eps)
+    spectra = torch.fft.rfft2(updates)
+    rho.mul_(_normalised_power(spectra, eps)).sqrt_().add_(eps).sqrt_().mul_(alpha).add_(1.0 - alpha)
+    torch.view_as_real(spectra).mul_(rho.unsqueeze(-1))  # complex * real, without promoting rho
+    return torch.fft.irfft2(spectra, s=updates.shape[-2:])
+
+
+def _as_matrices(tensors: list[Tensor], rows: int, cols: int) -> Tensor:
+    """``tensors`` as one (k, rows, cols) tensor, in float32 at least: a view when k == 1, else a stacked copy."""
+    work = torch.float32 if tensors[0].dtype in _LOW_PRECISION else tensors[0].dtype
+    if len(tensors) == 1:
+        return tensors[0].reshape(1, rows, cols).to(work)
+    return torch.stack([t.reshape(rows, cols) for t in tensors]).to(work)
+
+
+def _resonance_gate(theta: Tensor, update: Tensor, alpha: float, eps: float) -> Tensor:
+    """Spec 2.1's gated update of one tensor of >= 2 dims (seen as first dim x rest), shaped like ``update``."""
+    return _resonance_gates([theta], [update], alpha, eps)[0]
+
+
+def _resonance_gates(thetas: list[Tensor], updates: list[Tensor], alpha: float, eps: float) -> list[Tensor]:
+    """:func:`_resonance_gate` of every (theta, update) pair, batching same-shape matrices into one FFT."""
+    batches: dict[tuple[Any, ...], list[list[int]]] = {}
+    for i, theta in enumerate(thetas):
+        cap = _GATE_BATCH_ELEMENTS.get(theta.device.type, _GATE_BATCH_ELEMENTS_DEFAULT)
+        key = (theta.shape[0], theta[0].numel(), theta.dtype, theta.device)
+        chunks = batches.setdefault(key, [[]])
+        if chunks[-1] and 2 * (len(chunks[-1]) + 1) * theta.numel() > cap:
+            chunks.append([])
+        chunks[-1].append(i)
+    gated = list(updates)
+    for (rows, cols, _, _), chunks in batches.items():
+        for chunk in chunks:
+            out = _gate(_as_matrices([thetas[i] for i in chunk], rows, cols),
+                        _as_matrices([updates[i] for i in chunk], rows, cols), alpha, eps)
+            for j, i in enumerate(chunk):
+                gated[i] = out[j].view(updates[i].shape).to(updates[i].dtype)
+    return gated
 
 
 class RGD(torch.optim.Optimizer):
@@ -138,9 +188,12 @@ class RGD(torch.optim.Optimizer):
         if plain:
             torch._foreach_addcdiv_([params[i] for i in plain], [exp_avgs[i] for i in plain],
                                     [denoms[i] for i in plain], [-lr / bias1[i] for i in plain])
-        for i in (i for i, g in enumerate(gated) if g):
-            update = exp_avgs[i].div(bias1[i]).div_(denoms[i])
-            params[i].add_(_resonance_gate(params[i], update, alpha, eps), alpha=-lr)
+        spectral = [i for i, g in enumerate(gated) if g]
+        if spectral:
+            updates = torch._foreach_div([exp_avgs[i] for i in spectral], [bias1[i] for i in spectral])
+            torch._foreach_div_(updates, [denoms[i] for i in spectral])
+            weights = [params[i] for i in spectral]
+            torch._foreach_add_(weights, _resonance_gates(weights, updates, alpha, eps), alpha=-lr)
 
 
 class QFELoss(nn.Module):
@@ -177,7 +230,10 @@ class QFELoss(nn.Module):
 
     def coherence(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Unweighted phase-coherence penalty L_coh of spec 2.2 (>= 0, 0 when phases agree)."""
-        prob = F.softmax(logits.float() / self.temperature, dim=-1)
+        scaled = logits.float() if self.temperature == 1.0 else logits.float() / self.temperature  # x/1 == x
+        return self._coherence_of(F.softmax(scaled, dim=-1), targets)
+
+    def _coherence_of(self, prob: Tensor, targets: Tensor) -> Tensor:
         if self.projection is None:
             signal_out = prob
             signal_tgt = F.one_hot(targets, self.vocab_size).to(prob.dtype)
@@ -198,8 +254,16 @@ class QFELoss(nn.Module):
         """Loss parts for logits (B, T, V), targets (B, T): ``total`` (to backprop), ``ce``, ``coherence``."""
         if logits.dim() != 3 or logits.size(-1) != self.vocab_size:
             raise ValueError(f"logits of shape {tuple(logits.shape)} must be (B, T, {self.vocab_size})")
-        ce = F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
-        coherence = self.coherence(logits, targets)
+        flat_targets = targets.reshape(-1)
+        if self.temperature == 1.0 and logits.dtype == torch.float32:
+            # One log-softmax serves both terms: CE reads it (as F.cross_entropy does) and the penalty
+            # its exp, the softmax to rounding; the plain form ran both over the whole (B,T,V) logits.
+            log_prob = F.log_softmax(logits, dim=-1)
+            ce = F.nll_loss(log_prob.reshape(-1, self.vocab_size), flat_targets)
+            coherence = self._coherence_of(log_prob.exp(), targets)
+        else:
+            ce = F.cross_entropy(logits.reshape(-1, self.vocab_size), flat_targets)
+            coherence = self.coherence(logits, targets)
         return {"total": ce + self.lambda_coherence * coherence, "ce": ce, "coherence": coherence}
 
 

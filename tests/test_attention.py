@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spectral_gpt.attention import (
     KERNELS,
     CausalSelfAttention,
     InterferenceAttention,
     PureWaveAttention,
+    _PureWaveWeights,
     causal_linear_attention,
 )
 from spectral_gpt.config import ModelConfig
@@ -101,6 +103,60 @@ def test_quadratic_mode_matches_spec_formula(kernel: str) -> None:
     with torch.no_grad():
         got = attn(x)
     torch.testing.assert_close(got, expected.detach(), atol=1e-5, rtol=1e-5)
+
+
+def reference_quadratic(attn: PureWaveAttention, x: torch.Tensor) -> torch.Tensor:
+    """Spec 1.4b as one plain autograd expression (the module's original code): every step on the full
+    (B,h,T,T) matrix, dropout drawn by ``F.dropout`` on the scaled weights."""
+    q, k, v = reference_wave_states(attn, x)
+    t = x.size(1)
+    scores = (q @ k.transpose(-1, -2)) * attn.head_scale.view(1, -1, 1, 1)
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    weights = KERNELS[attn.kernel_name](scores) / torch.arange(1, t + 1).sqrt()[:, None]
+    weights = F.dropout(weights, attn.dropout, attn.training)
+    return attn.o_proj(merge_heads(weights @ v))
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_quadratic_mode_trains_exactly_like_the_plain_expression(kernel: str) -> None:
+    """The in-place forward and hand-written backward give the plain expression's output and gradients
+    (inputs and every parameter) to float32 rounding, with the same dropout mask for the same seed."""
+    torch.manual_seed(0)
+    attn = PureWaveAttention(make_cfg(pure_wave_kernel=kernel, dropout=0.3))
+    perturb(attn)
+    x = torch.randn(B, T, 24, requires_grad=True)
+    probe = torch.randn(B, T, 24)
+    runs = []
+    for forward in (attn, lambda t: reference_quadratic(attn, t)):
+        attn.zero_grad(set_to_none=True)
+        x.grad = None
+        torch.manual_seed(7)
+        out = forward(x)
+        (out * probe).sum().backward()
+        runs.append({"output": out.detach(), "input": x.grad,
+                     **{name: p.grad for name, p in attn.named_parameters()}})
+    got, want = runs
+    for name in want:
+        scale = want[name].abs().max().item()
+        assert scale > 0, name
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5 * scale, msg=name)
+    with torch.no_grad():
+        assert not torch.allclose(got["output"], attn.eval()(x), atol=1e-3)  # dropout was on
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_pure_wave_weights_backward_passes_gradcheck(kernel: str) -> None:
+    """Float64 finite differences, with the dropout mask fixed by reseeding before every evaluation."""
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 5, n, generator=g, dtype=torch.float64, requires_grad=True)
+               for n in (3, 3, 2))
+
+    def weights_with_fixed_mask(q, k, v):
+        torch.manual_seed(3)
+        return _PureWaveWeights.apply(q, k, v, kernel, 0.4)
+
+    assert torch.autograd.gradcheck(weights_with_fixed_mask, (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: _PureWaveWeights.apply(q, k, v, kernel, 0.0), (q, k, v))
 
 
 def test_linear_and_quadratic_modes_are_different_functions() -> None:

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spectral_gpt.attention import InterferenceAttention, PureWaveAttention
 from spectral_gpt.config import ABLATIONS, ConfigError, ModelConfig, get_model_size, model_config_for
@@ -15,6 +16,7 @@ from spectral_gpt.embedding import PhysicsWaveEmbedding, WavePacketEmbedding
 from spectral_gpt.model import (
     StandardGPT,
     WaveGPT,
+    _GeluPlusSin,
     build_model,
     build_model_from_config,
     count_parameters,
@@ -83,6 +85,22 @@ def test_variant_builds_trains_one_step_and_generates(name: str) -> None:
     out = model.generate(x[:, :5], max_new_tokens=7, generator=torch.Generator().manual_seed(1))
     assert out.shape == (3, 12) and torch.equal(out[:, :5], x[:, :5])
     assert out.min() >= 0 and out.max() < cfg.vocab_size
+
+
+def test_wave_activation_equals_the_plain_expression_in_value_and_gradient() -> None:
+    """The hand-written backward of GELU(h) + 0.1·sin(h): values bit for bit, gradients to float32
+    rounding against autograd through the plain expression, and float64 finite differences."""
+    g = torch.Generator().manual_seed(0)
+    h = (3 * torch.randn(4, 9, 32, generator=g)).requires_grad_()
+    probe = torch.randn(4, 9, 32, generator=g)
+    plain = torch.add(F.gelu(h), torch.sin(h), alpha=0.1)
+    fused = _GeluPlusSin.apply(h)
+    assert torch.equal(fused, plain)
+    want, = torch.autograd.grad((plain * probe).sum(), h)
+    got, = torch.autograd.grad((fused * probe).sum(), h)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    h64 = torch.randn(3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(_GeluPlusSin.apply, (h64,))
 
 
 def test_tiny_counts_of_the_nine_ablations() -> None:
