@@ -24,7 +24,7 @@ def _bare_loop_tokens_per_sec(settings, threads: int) -> float:
     spec = settings.spec
     dataset = TokenDataset.prepare(settings.data.dataset, settings.data.cache_dir, settings.data.vocab_size)
     torch.set_num_threads(threads)
-    state = TrainState(spec)
+    state = TrainState(spec, torch.device("cuda" if settings.scaling.use_gpu else "cpu"))
     sampler = BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
     val = validation_batches(dataset.val, spec.model.block_size, spec.train.batch_size, spec.train.eval_batches)
     started = time.perf_counter()
@@ -37,18 +37,23 @@ def _bare_loop_tokens_per_sec(settings, threads: int) -> float:
 
 @benchmark
 def orchestration_overhead(quick: bool = False) -> dict[str, Any]:
-    """tokens/s of a real monitored 1-worker run / a bare loop of the same model, batch and threads."""
+    """tokens/s of a real monitored 1-worker run / a bare loop of the same model, batch and threads.
+
+    On a machine with a GPU both sides train on it (the run with ``--gpu``: one worker, NCCL).
+    """
     steps = 200 if quick else 1000
     with tempfile.TemporaryDirectory() as out:
         settings = build_run_settings(steps=steps, output=out, name="overhead", resume="never",
-                                      monitoring=MonitoringSettings(checkpoint_interval=250, viz_interval=500))
+                                      monitoring=MonitoringSettings(checkpoint_interval=250, viz_interval=500),
+                                      scaling=ScalingSettings(use_gpu=torch.cuda.is_available()))
         threads = 1  # a Ray Train worker with one CPU runs torch on one thread (OMP_NUM_THREADS=1)
         bare = _bare_loop_tokens_per_sec(settings, threads)
         outcome = run_training(settings)
     ours = outcome.final_metrics["tokens_per_second"]
     return result("orchestration_overhead", ours, "tokens/s", bare, ">= 0.97", steps=steps,
                   threads=threads, worker_threads=outcome.final_metrics.get("torch_threads"),
-                  model="tiny wave_baseline", status=outcome.status)
+                  model="tiny wave_baseline", status=outcome.status,
+                  device="cuda" if settings.scaling.use_gpu else "cpu")
 
 
 @benchmark

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmarks.common import benchmark, result
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
 from orchestrator.run import RunOutcome, run_training
-from orchestrator.settings import MonitoringSettings, build_run_settings
+from orchestrator.settings import MonitoringSettings, ScalingSettings, build_run_settings
 
 WARMUP_STEPS = 3
 """Rows left out of every median: the first steps allocate and warm caches."""
@@ -26,9 +28,11 @@ STALL_WINDOW = 3
 
 def _run(out: str, name: str, size: str, steps: int, batch_size: int,
          monitoring: MonitoringSettings) -> tuple[RunOutcome, list[dict[str, Any]]]:
-    """One monitored 1-worker run on the offline corpus; returns its outcome and resolved metric rows."""
+    """One monitored 1-worker run on the offline corpus (on the GPU where there is one); returns its
+    outcome and resolved metric rows."""
     settings = build_run_settings(size=size, steps=steps, batch_size=batch_size, vocab_size=1024, output=out,
-                                  name=name, resume="never", eval_interval=steps, monitoring=monitoring)
+                                  name=name, resume="never", eval_interval=steps, monitoring=monitoring,
+                                  scaling=ScalingSettings(use_gpu=torch.cuda.is_available()))
     outcome = run_training(settings)
     if outcome.status != "completed" or outcome.run_dir is None:
         raise RuntimeError(f"benchmark run {name} ended {outcome.status}: {outcome.error}")

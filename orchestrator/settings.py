@@ -149,6 +149,11 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
         # A private local cluster would have no GPU resource and Ray would wait for one forever.
         raise ConfigError("--gpu (use_gpu=True) needs a CUDA GPU, but torch.cuda.is_available() is False "
                           "here; drop --gpu, or submit to a GPU cluster (RAY_ADDRESS / ray job submit)")
+    if scaling.use_gpu and not os.environ.get("RAY_ADDRESS") and scaling.workers > torch.cuda.device_count():
+        # One GPU per worker: a private local cluster with fewer GPUs would wait for them forever.
+        raise ConfigError(f"--workers {scaling.workers} with --gpu needs {scaling.workers} GPUs (one per worker), "
+                          f"but this machine has {torch.cuda.device_count()}; use --workers "
+                          f"{torch.cuda.device_count()} or fewer, or submit to a larger cluster (RAY_ADDRESS)")
     train = TrainConfig(steps=steps, seed=seed, batch_size=BATCH_SIZES[size] if batch_size is None else batch_size,
                         eval_interval=(min(250, monitoring.checkpoint_interval, steps) if eval_interval is None
                                        else eval_interval))

@@ -230,7 +230,8 @@ class QFELoss(nn.Module):
 
     def coherence(self, logits: Tensor, targets: Tensor) -> Tensor:
         """Unweighted phase-coherence penalty L_coh of spec 2.2 (>= 0, 0 when phases agree)."""
-        scaled = logits.float() if self.temperature == 1.0 else logits.float() / self.temperature  # x/1 == x
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16/fp16 up, float64 kept
+        scaled = logits if self.temperature == 1.0 else logits / self.temperature  # x/1 == x
         return self._coherence_of(F.softmax(scaled, dim=-1), targets)
 
     def _coherence_of(self, prob: Tensor, targets: Tensor) -> Tensor:

@@ -173,9 +173,11 @@ def _schedule(state: TrainState, step: int) -> tuple[float, float | None]:
 
 def _objective(state: TrainState, x: torch.Tensor, y: torch.Tensor,
                embed_ratio: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    logits, ce = state.forward_module(x, y, standard_embed_ratio=embed_ratio or 0.0)
     if state.loss_fn is None:
+        _, ce = state.forward_module(x, y, standard_embed_ratio=embed_ratio or 0.0)
         return ce, ce, None
+    # No targets for the model: QFE computes the cross-entropy itself, from the same log-softmax.
+    logits, _ = state.forward_module(x, None, standard_embed_ratio=embed_ratio or 0.0)
     parts = state.loss_fn(logits, y)
     return parts["total"], parts["ce"], parts["coherence"]
 

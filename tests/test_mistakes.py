@@ -292,6 +292,19 @@ def test_settings_objects_refuse_bad_values_naming_them(make, expected):
         make()
 
 
+def test_more_gpu_workers_than_local_gpus_is_refused(monkeypatch):
+    """Stand-in for a one-GPU machine (none exists here): torch reports CUDA with one device."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert build_run_settings(scaling=ScalingSettings(workers=1, use_gpu=True)).scaling.use_gpu
+    with pytest.raises(ConfigError, match=re.escape("--workers 2 with --gpu needs 2 GPUs (one per worker), "
+                                                    "but this machine has 1; use --workers 1 or fewer")):
+        build_run_settings(scaling=ScalingSettings(workers=2, use_gpu=True))
+    monkeypatch.setenv("RAY_ADDRESS", "ray://gpu-cluster:10001")  # a cluster's GPUs are its own business
+    assert build_run_settings(scaling=ScalingSettings(workers=2, use_gpu=True)).scaling.workers == 2
+
+
 # -- end to end, as a process -------------------------------------------------------------------------
 
 SUBPROCESS_MISTAKES = [

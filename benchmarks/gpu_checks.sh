@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every check that needs a CUDA GPU, in one run of a few minutes: float32 parity of the fast paths on
+# the GPU, `spectral-gpt train --gpu` (NCCL) killed and resumed against an uninterrupted run, the
+# one-GPU-per-worker refusal, and the benchmarks on the GPU. Results land in DIR (default gpu-results):
+# one log per step, the benchmark JSON files, and the runs' metrics and results (checkpoints excluded).
+#
+#   bash benchmarks/gpu_checks.sh [DIR]        (PYTHON=python3 by default; run from the repository root)
+#
+# ARCHIVE=FILE.tar.gz also packs DIR (checkpoints left out) after every step, so a session cut short
+# by a time limit still carries off everything up to its last finished step.
+set -u
+out=$(realpath -m "${1:-gpu-results}")
+mkdir -p "$out"
+py=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+train=("$py" -m orchestrator.cli train --gpu --model small --steps 400 --checkpoint-interval 100
+       --eval-interval 100 --log-interval 1 --viz-interval 200 --output "$out/runs")
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its log, print its tail
+    local name=$1 limit=$2 started=$SECONDS
+    shift 2
+    timeout -k 5 "$limit" "$@" >"$out/$name.log" 2>&1
+    echo "== $name: exit $? in $((SECONDS - started)) s"
+    tail -n 4 "$out/$name.log"
+    pack
+}
+
+pack() {
+    [ -z "${ARCHIVE:-}" ] || tar -czf "$ARCHIVE" --exclude='*.pt' -C "$(dirname "$out")" "$(basename "$out")"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$out/gpu.txt"
+"$py" -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl',
+torch.cuda.nccl.version(), 'ray', ray.__version__)" | tee -a "$out/gpu.txt"
+
+step parity 180 "$py" -m pytest -q -p no:cacheprovider tests/test_device_parity.py
+step refuse_two_workers 60 "${train[@]}" --workers 2 --name refused
+step train_uninterrupted 240 "${train[@]}" --name uninterrupted
+
+# The same run, its driver and Ray killed (SIGKILL, whole process group) once step 200 is checkpointed,
+# then the same command again: it must resume from step 200 on the GPU and finish.
+setsid "${train[@]}" --name resumed >"$out/train_killed.log" 2>&1 &
+leader=$!
+for _ in $(seq 600); do
+    ls "$out"/runs/resumed_*/checkpoints/checkpoint_step_200.pt >/dev/null 2>&1 && break
+    sleep 0.2
+done
+kill -9 -- "-$leader"
+wait "$leader" 2>/dev/null
+echo "== killed the run at: $(ls "$out"/runs/resumed_*/checkpoints/)"
+step train_resumed 240 "${train[@]}" --name resumed
+"$py" - "$out/runs" <<'EOF' | tee "$out/resume_vs_uninterrupted.txt"
+import json, sys
+from pathlib import Path
+runs = Path(sys.argv[1])
+def run(name):
+    folder = next(runs.glob(f"{name}_*"))
+    rows = {}
+    for line in (folder / "logs" / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "loss" in row:
+            rows[row["step"]] = row["loss"]
+    return rows, json.loads((folder / "results.json").read_text())
+(a, ra), (b, rb) = run("uninterrupted"), run("resumed")
+common = sorted(set(a) & set(b))
+print("steps compared", len(common), "max |loss difference|", max(abs(a[s] - b[s]) for s in common))
+for key in ("val_loss", "best_val_loss", "tokens_per_second", "peak_memory_mb"):
+    print(key, "uninterrupted", ra["final_metrics"][key], "resumed", rb["final_metrics"][key])
+EOF
+
+for name in mfu wave_vs_standard linear_attention_scaling; do
+    step "$name" 150 "$py" -m benchmarks "$name" --json "$out/$name.json"
+done
+for name in orchestration_overhead checkpoint_stall; do
+    step "$name" 150 "$py" -m benchmarks "$name" --quick --json "$out/$name.json"
+done
+pack
