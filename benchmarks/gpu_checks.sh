@@ -6,6 +6,9 @@
 #
 #   bash benchmarks/gpu_checks.sh [DIR]        (PYTHON=python3 by default; run from the repository root)
 #
+# CHECKS="parity train mfu ..." runs only those sections (default: all, in the order below);
+# PRECISION=fp32|bf16 (default bf16) is what the training runs use.
+#
 # ARCHIVE=FILE.tar.gz also packs DIR (checkpoints left out) after every step, so a session cut short
 # by a time limit still carries off everything up to its last finished step.
 set -u
@@ -13,8 +16,10 @@ out=$(realpath -m "${1:-gpu-results}")
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+checks=${CHECKS:-parity refuse train mfu wave_vs_standard linear_attention_scaling orchestration_overhead checkpoint_stall}
 train=("$py" -m orchestrator.cli train --gpu --model small --steps 400 --checkpoint-interval 100
-       --eval-interval 100 --log-interval 1 --viz-interval 200 --output "$out/runs")
+       --eval-interval 100 --log-interval 1 --viz-interval 200 --precision "${PRECISION:-bf16}"
+       --output "$out/runs")
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its log, print its tail
     local name=$1 limit=$2 started=$SECONDS
@@ -25,6 +30,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its log, p
     pack
 }
 
+wanted() { [[ " $checks " == *" $1 "* ]]; }
+
 pack() {
     [ -z "${ARCHIVE:-}" ] || tar -czf "$ARCHIVE" --exclude='*.pt' -C "$(dirname "$out")" "$(basename "$out")"
 }
@@ -33,8 +40,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 "$py" -c "import torch, ray; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl',
 torch.cuda.nccl.version(), 'ray', ray.__version__)" | tee -a "$out/gpu.txt"
 
-step parity 180 "$py" -m pytest -q -p no:cacheprovider tests/test_device_parity.py
-step refuse_two_workers 60 "${train[@]}" --workers 2 --name refused
+wanted parity && step parity 180 "$py" -m pytest -q -p no:cacheprovider tests/test_device_parity.py \
+    tests/test_snapshot.py
+wanted refuse && step refuse_two_workers 60 "${train[@]}" --workers 2 --name refused
+if wanted train; then
 step train_uninterrupted 240 "${train[@]}" --name uninterrupted
 
 # The same run, its driver and Ray killed (SIGKILL, whole process group) once step 200 is checkpointed,
@@ -67,11 +76,11 @@ print("steps compared", len(common), "max |loss difference|", max(abs(a[s] - b[s
 for key in ("val_loss", "best_val_loss", "tokens_per_second", "peak_memory_mb"):
     print(key, "uninterrupted", ra["final_metrics"][key], "resumed", rb["final_metrics"][key])
 EOF
+fi
 
-for name in mfu wave_vs_standard linear_attention_scaling; do
-    step "$name" 150 "$py" -m benchmarks "$name" --json "$out/$name.json"
+for name in mfu wave_vs_standard linear_attention_scaling checkpoint_stall; do
+    wanted "$name" && step "$name" 150 "$py" -m benchmarks "$name" --json "$out/$name.json"
 done
-for name in orchestration_overhead checkpoint_stall; do
-    step "$name" 150 "$py" -m benchmarks "$name" --quick --json "$out/$name.json"
-done
+wanted orchestration_overhead && step orchestration_overhead 150 "$py" -m benchmarks orchestration_overhead \
+    --quick --json "$out/orchestration_overhead.json"
 pack

@@ -50,6 +50,12 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _precision() -> str:
+    """What a user trains with here: bf16 autocast on a GPU (tensor cores), float32 on a CPU (where
+    bfloat16 matmuls are emulated and slower)."""
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -68,12 +74,15 @@ def _variant(size: str, experiment: ExperimentConfig, **changes: Any) -> Variant
     return model_config_for(size, exp, vocab_size=1024), exp
 
 
-def _tokens_per_second(variants: dict[str, Variant], plan: _Plan) -> dict[str, float]:
-    """Median tokens/s of full training steps of each variant, measured in interleaved rounds."""
+def _tokens_per_second(variants: dict[str, Variant], plan: _Plan,
+                       precisions: dict[str, str] | None = None) -> dict[str, float]:
+    """Median tokens/s of full training steps of each variant, measured in interleaved rounds; each
+    trains at ``precisions[name]``, else at :func:`_precision`."""
     device = _device()
     states: dict[str, tuple[TrainState, BatchFn]] = {}
     for name, (cfg, exp) in variants.items():
-        spec = RunSpec(cfg, exp, TrainConfig(steps=10**9, batch_size=plan.batch))
+        precision = (precisions or {}).get(name, _precision())
+        spec = RunSpec(cfg, exp, TrainConfig(steps=10**9, batch_size=plan.batch, precision=precision))
         states[name] = TrainState(spec, device), _fixed_batch(cfg.vocab_size, plan.batch, cfg.block_size)
         for _ in range(plan.warmup):
             train_step(*states[name])
@@ -94,7 +103,7 @@ def _plan_details(plan: _Plan, cfg: ModelConfig) -> dict[str, Any]:
                       "num_heads": cfg.num_heads, "num_waves": cfg.num_waves, "block_size": cfg.block_size,
                       "vocab_size": cfg.vocab_size},
             "batch": plan.batch, "timed_steps_per_round": plan.steps, "rounds": plan.rounds,
-            "device": str(_device())}
+            "device": str(_device()), "precision": _precision()}
 
 
 WAVE_ATTENTIONS = {
@@ -214,22 +223,27 @@ def mfu(quick: bool = False) -> dict[str, Any]:
 
     Achieved = training tokens/s x the analytic matmul FLOPs per token of spectral_gpt/flops.py
     (forward + backward). Peak = the best float32 matmul measured here on a CPU, the data-sheet dense
-    bf16 peak on a known GPU. ``value`` is the wave model's MFU, ``baseline`` the standard GPT's.
+    bf16 peak on a known GPU. ``value`` is the wave model's MFU, ``baseline`` the standard GPT's, both
+    training in bf16 autocast on a GPU (float32 alongside, ``NAME@fp32``) and in float32 on a CPU.
     """
     plan = _plan(quick)
     variants = {"wave_baseline": _variant(plan.size, ABLATIONS["wave_baseline"]),
                 "standard_transformer": _variant(plan.size, ABLATIONS["standard_transformer"])}
-    speed = _tokens_per_second(variants, plan)
+    precisions = dict.fromkeys(variants, _precision())
+    if _precision() != "fp32":  # on a GPU, float32 training alongside, for the contrast
+        variants.update({f"{name}@fp32": variant for name, variant in list(variants.items())})
+        precisions.update(dict.fromkeys((name for name in variants if name.endswith("@fp32")), "fp32"))
+    speed = _tokens_per_second(variants, plan, precisions)
     peak, source, fp32 = _peak_flops(quick)
     models = {}
     for name, (cfg, _) in variants.items():
         per_token = training_flops_per_token(cfg)
         achieved = speed[name] * per_token
-        models[name] = {"tokens_per_sec": speed[name], "training_flops_per_token": per_token,
-                        "achieved_flops_per_sec": achieved, "mfu": achieved / peak,
-                        "mfu_vs_measured_fp32_matmul": achieved / fp32}
+        models[name] = {"precision": precisions[name], "tokens_per_sec": speed[name],
+                        "training_flops_per_token": per_token, "achieved_flops_per_sec": achieved,
+                        "mfu": achieved / peak, "mfu_vs_measured_fp32_matmul": achieved / fp32}
     return result("mfu", models["wave_baseline"]["mfu"], "fraction of peak", models["standard_transformer"]["mfu"],
                   "report", peak_flops_per_sec=peak, peak_source=source, measured_fp32_matmul_flops_per_sec=fp32,
-                  models=models, counted="matmul FLOPs only (spectral_gpt/flops.py); the models train in float32",
+                  models=models, counted="matmul FLOPs only (spectral_gpt/flops.py)",
                   **_plan_details(plan, variants["wave_baseline"][0]))
 

@@ -24,6 +24,7 @@ import torch
 
 from orchestrator.monitoring import collect_hardware_info
 from orchestrator.settings import RunSettings
+from orchestrator.snapshot import CopiesLanded, snapshot
 from orchestrator.wire import to_wire
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
 from spectral_gpt.training import NonFiniteLossError, StepResult, TrainState, evaluate, train_step
@@ -47,7 +48,8 @@ class _Sink:
     attempt: int
     inflight_rows: list[Any] = field(default_factory=list)
     inflight_save: Future | None = None
-    snapshot: Any = None
+    buffers: Any = None
+    """The last snapshot: CPU tensors the next one is copied into."""
     handoff: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-handoff"))
 
@@ -57,38 +59,28 @@ class _Sink:
             ray.wait(self.inflight_rows[:1])
             self.inflight_rows = self.inflight_rows[1:]
 
+    def prepare(self, state: dict[str, Any]) -> None:
+        """Allocate the snapshot buffers now (after the first step, when the optimiser state exists),
+        so the first checkpoint costs no more than the later ones."""
+        self.buffers = snapshot(state)
+        CopiesLanded(state).synchronize()
+
     def save(self, step: int, state: dict[str, Any], val_loss: float | None) -> None:
         if self.inflight_save is not None:
             ray.get(self.inflight_save.result())  # one checkpoint in flight; then its buffers are free again
-        self.snapshot = _snapshot(state, into=self.snapshot)
-        self.inflight_save = self.handoff.submit(self.actor.save_checkpoint.remote, self.attempt, step,
-                                                 to_wire(self.snapshot), val_loss)
+        self.buffers = snapshot(state, into=self.buffers)
+        self.inflight_save = self.handoff.submit(self._hand_off, CopiesLanded(state), step,
+                                                 to_wire(self.buffers), val_loss)
+
+    def _hand_off(self, copied: CopiesLanded, step: int, wire_state: Any, val_loss: float | None) -> Any:
+        copied.synchronize()  # the GPU-to-host copies have landed; the training thread never waited
+        return self.actor.save_checkpoint.remote(self.attempt, step, wire_state, val_loss)
 
     def drain(self) -> None:
         saves = [self.inflight_save.result()] if self.inflight_save is not None else []
         ray.get([*self.inflight_rows, *saves])
         self.inflight_rows, self.inflight_save = [], None
         self.handoff.shutdown()
-
-
-def _snapshot(state: Any, into: Any = None) -> Any:
-    """A detached CPU copy of ``state``, so the actor writes a snapshot while training moves on.
-
-    Tensors are copied into the matching tensors of ``into`` (the previous snapshot) when shape and
-    dtype agree, which avoids allocating and faulting in the whole state again at every save.
-    """
-    if isinstance(state, torch.Tensor):
-        if (isinstance(into, torch.Tensor) and into.device.type == "cpu" and into.shape == state.shape
-                and into.dtype == state.dtype):
-            return into.copy_(state.detach())
-        return state.detach().to("cpu", copy=True)
-    if isinstance(state, dict):
-        previous = into if isinstance(into, dict) else {}
-        return {k: _snapshot(v, previous.get(k)) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        previous = into if isinstance(into, (list, tuple)) and len(into) == len(state) else [None] * len(state)
-        return type(state)(_snapshot(v, p) for v, p in zip(state, previous, strict=True))
-    return state
 
 
 def _metric_row(result: StepResult, started: float, tokens_since_start: int, step_time: float) -> dict[str, Any]:
@@ -166,6 +158,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             improved = False
         if sink is not None:
+            if sink.buffers is None:
+                sink.prepare(state.state_dict())
             now = time.perf_counter()
             row = _metric_row(result, started, state.tokens_seen - start_tokens, now - last_row_time)
             last_row_time = now
@@ -176,7 +170,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if (s > 0 and s % mon.checkpoint_interval == 0) or improved or last:
                 sink.save(s, state.state_dict(), val_loss)
             if (s > 0 and s % mon.viz_interval == 0) or last:
-                actor.visualize.remote(sink.attempt, s, to_wire(_snapshot(state.model.state_dict())))
+                weights = state.model.state_dict()
+                copy = snapshot(weights)
+                CopiesLanded(weights).synchronize()
+                actor.visualize.remote(sink.attempt, s, to_wire(copy))
         if val_loss is not None and config["report"]:
             ray.train.report({"step": s, "val_loss": val_loss, "best_val_loss": state.early_stopping.best})
     if last_val is None and error is None:  # restored a finished state: the driver died before results.json

@@ -127,6 +127,9 @@ class _PureWaveWeights(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str,
                 dropout: float) -> torch.Tensor:
+        if torch.is_autocast_enabled(q.device.type):  # one dtype for the hand-written backward too
+            dtype = torch.get_autocast_dtype(q.device.type)
+            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         T = q.size(2)
         scores = q @ k.transpose(-1, -2)
         future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)

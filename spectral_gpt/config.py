@@ -182,6 +182,10 @@ class ExperimentConfig(_JsonConfig):
         _positive("min_delta", self.min_delta, allow_zero=True)
 
 
+PRECISIONS = ("fp32", "bf16")
+"""What :attr:`TrainConfig.precision` accepts."""
+
+
 @dataclass(frozen=True)
 class TrainConfig(_JsonConfig):
     """How long and on what a run trains: the knobs that are equal for every ablation in a grid."""
@@ -200,8 +204,13 @@ class TrainConfig(_JsonConfig):
     """Validation batches per evaluation; the windows are fixed for the whole run (D5)."""
     grad_clip: float = 1.0
     """Global L2 norm clip before every optimiser step."""
+    precision: str = "fp32"
+    """``fp32``, or ``bf16``: forward passes and losses under bfloat16 autocast (float32 weights,
+    gradients and optimiser state), what a GPU's tensor cores run fast; fp32 is bit-reproducible."""
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
         require_int("steps", self.steps)
         require_int("seed", self.seed, minimum=0)
         require_int("batch_size", self.batch_size)

@@ -171,6 +171,11 @@ def _schedule(state: TrainState, step: int) -> tuple[float, float | None]:
     return lr, None
 
 
+def autocast(state: TrainState) -> torch.autocast:
+    """The precision the run's forward passes use (``TrainConfig.precision``); fp32 disables it."""
+    return torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=state.spec.train.precision == "bf16")
+
+
 def _objective(state: TrainState, x: torch.Tensor, y: torch.Tensor,
                embed_ratio: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     if state.loss_fn is None:
@@ -199,7 +204,8 @@ def train_step(state: TrainState, batch_fn: BatchFn, *, rank: int = 0, world_siz
         last = micro == accum - 1
         no_sync = getattr(state.forward_module, "no_sync", None)
         with contextlib.nullcontext() if last or no_sync is None else no_sync():
-            loss, ce, coherence = _objective(state, x, y, embed_ratio)
+            with autocast(state):
+                loss, ce, coherence = _objective(state, x, y, embed_ratio)
             (loss / accum).backward()
         coh = coherence.detach() if coherence is not None else torch.zeros((), device=state.device)
         totals += torch.stack([loss.detach(), ce.detach(), coh]) / accum
@@ -242,7 +248,8 @@ def evaluate(state: TrainState, batches: Sequence[Batch]) -> float:
                    if state.spec.model.model_type == "wave" and state.spec.model.embedding == "v2" else 0.0)
     total = torch.zeros((), device=state.device)
     for x, y in batches:
-        _, ce = model(x.to(state.device), y.to(state.device), standard_embed_ratio=embed_ratio)
-        total += ce
+        with autocast(state):
+            _, ce = model(x.to(state.device), y.to(state.device), standard_embed_ratio=embed_ratio)
+        total += ce.float()
     model.train(was_training)
     return float(total) / len(batches)

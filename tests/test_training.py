@@ -18,6 +18,7 @@ from spectral_gpt.training import (
     NonFiniteLossError,
     RunSpec,
     TrainState,
+    autocast,
     evaluate,
     step_seed,
     train_steps,
@@ -135,3 +136,34 @@ def test_tiny_model_learns_on_the_offline_corpus(dataset):
     uniform = math.log(spec.model.vocab_size)
     assert before == pytest.approx(uniform, abs=0.3)
     assert after < uniform - 1.0, (before, after)
+
+
+@pytest.mark.parametrize("ablation", ["full_physics", "pure_wave", "pure_wave_linear"])
+def test_bf16_autocast_trains_close_to_fp32_with_float32_weights(ablation, dataset):
+    """bf16 runs forward passes in bfloat16 (checked on the head's logits), keeps every weight and
+    optimiser moment in float32, and follows the fp32 run's losses to bfloat16 rounding."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        spec = _spec(ablation, precision=precision)
+        state = TrainState(dataclasses.replace(spec, train=dataclasses.replace(spec.train, batch_size=2)))
+        losses = [r.loss for r in train_steps(state, _sampler(state.spec, dataset).batch, 3)]
+        val = evaluate(state, validation_batches(dataset.val, state.spec.model.block_size, 2, 1))
+        runs[precision] = (state, losses, val)
+    state, losses, val = runs["bf16"]
+    x = torch.zeros(1, 8, dtype=torch.long)
+    with autocast(state):
+        assert state.model(x)[0].dtype == torch.bfloat16
+    assert state.model(x)[0].dtype == torch.float32  # outside the step, the model is plain float32
+    assert all(p.dtype == torch.float32 for p in state.model.parameters())
+    assert all(t.dtype == torch.float32 for s in state.optimizer.state.values() for t in s.values()
+               if isinstance(t, torch.Tensor) and t.is_floating_point())
+    assert all(math.isfinite(v) for v in [*losses, val])
+    fp32_losses, fp32_val = runs["fp32"][1], runs["fp32"][2]
+    assert max(abs(a - b) for a, b in zip(losses, fp32_losses, strict=True)) < 0.05
+    assert abs(val - fp32_val) < 0.05
+    assert (losses, val) != (fp32_losses, fp32_val)  # bfloat16 really ran
+
+
+def test_an_unknown_precision_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"precision='fp16' is not one of: fp32, bf16"):
+        TrainConfig(precision="fp16")
