@@ -59,3 +59,21 @@ def test_a_folder_without_benchmark_results_is_refused(tmp_path, capsys):
     assert "other.json: not a benchmark result (missing value" in capsys.readouterr().err
     (tmp_path / "other.json").unlink()
     assert main([str(tmp_path)]) == 2
+
+
+def test_one_section_per_machine_folder(results_dir, tmp_path):
+    gpu = tmp_path / "h200"
+    gpu.mkdir()
+    res = result("mfu", 0.014, "fraction of peak", 0.026, "report", precision="bf16")
+    res["machine"]["cuda"] = "NVIDIA H200"
+    _write(gpu, res)
+    out = tmp_path / "page.md"
+    assert main([str(results_dir), str(gpu), "-o", str(out)]) == 0
+    page = out.read_text()
+    sections = [line for line in page.splitlines() if line.startswith("## Results on")]
+    assert sections == ["## Results on results (CPU)", "## Results on h200 (NVIDIA H200)"]
+    gpu_part = page.split("## Results on h200")[1]
+    assert "| `mfu` | 0.014 fraction of peak | 0.026 |" in gpu_part and "- precision: bf16" in gpu_part
+    description = load_benchmarks()["mfu"].__doc__.splitlines()[0]
+    assert page.count(description) == 1  # said once, at the benchmark's first appearance
+    assert "python -m benchmarks.report results h200 -o docs/benchmarks.md" in page
