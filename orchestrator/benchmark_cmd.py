@@ -154,7 +154,8 @@ def _setup(record: RunRecord) -> dict[str, Any]:
     return {"size": config.get("size"), "dataset": config.get("data", {}).get("dataset"),
             "steps": train.get("steps"), "batch_size": train.get("batch_size"), "seed": train.get("seed"),
             "eval_interval": train.get("eval_interval"), "eval_batches": train.get("eval_batches"),
-            "workers": scaling.get("workers"), "device": "GPU" if scaling.get("use_gpu") else "CPU"}
+            "workers": scaling.get("workers"), "device": "GPU" if scaling.get("use_gpu") else "CPU",
+            "precision": train.get("precision", "fp32")}
 
 
 def _cells(row: dict[str, Any], run_link: str) -> list[str]:
@@ -169,7 +170,7 @@ def _markdown(rows: Sequence[dict[str, Any]], setup: dict[str, Any], out_dir: Pa
     lines = [f"# Benchmark: {' vs '.join(r['model'] for r in rows)}", "",
              f"Model size `{setup['size']}`, {setup['steps']} steps each (equal budgets), batch "
              f"{setup['batch_size']}, dataset `{setup['dataset']}`, seed {setup['seed']}, {setup['workers']} "
-             f"{setup['device']} worker(s). Validation loss is the mean cross-entropy over {setup['eval_batches']} "
+             f"{setup['device']} worker(s), {setup['precision']}. Validation loss is the mean cross-entropy over {setup['eval_batches']} "
              f"fixed held-out batches of the validation split, every {setup['eval_interval']} steps; never a "
              "training batch.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
