@@ -170,9 +170,9 @@ def _markdown(rows: Sequence[dict[str, Any]], setup: dict[str, Any], out_dir: Pa
     lines = [f"# Benchmark: {' vs '.join(r['model'] for r in rows)}", "",
              f"Model size `{setup['size']}`, {setup['steps']} steps each (equal budgets), batch "
              f"{setup['batch_size']}, dataset `{setup['dataset']}`, seed {setup['seed']}, {setup['workers']} "
-             f"{setup['device']} worker(s), {setup['precision']}. Validation loss is the mean cross-entropy over {setup['eval_batches']} "
-             f"fixed held-out batches of the validation split, every {setup['eval_interval']} steps; never a "
-             "training batch.", "",
+             f"{setup['device']} worker(s), {setup['precision']}. Validation loss is the mean cross-entropy over "
+             f"{setup['eval_batches']} fixed held-out batches of the validation split, every "
+             f"{setup['eval_interval']} steps; never a training batch.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
     for row in rows:
         folder = Path(row["run_dir"]).name
