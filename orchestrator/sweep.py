@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from orchestrator.summary import (
     write_summary,
 )
 from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, ConfigError
+
+log = logging.getLogger(__name__)
 
 SCHEDULERS = ("none", "asha")
 TUNE_FOLDER = "tune"
@@ -283,6 +286,8 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
         prepare_data(data_owner)  # tokenise once here, not racing in concurrent trials; data mistakes surface now
     sweep_dir = resolve_sweep_dir(settings)
     runs = [dataclasses.replace(r, output=str(sweep_dir)) for r in settings.runs]
+    if tune.Tuner.can_restore(str(sweep_dir / TUNE_FOLDER)):
+        settings = _as_first_started(settings, load_sweep_record(sweep_dir))
     write_sweep_record(sweep_dir, settings, runs, "unfinished")
     capacity = local_capacity(runs[0])
     connect_ray(capacity[0] if capacity and capacity[1] == "CPU" else None, dashboard=True)
@@ -296,6 +301,20 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     summary = write_summary(records, sweep_dir, title=f"Sweep {sweep_dir.name}") if records else None
     write_sweep_record(sweep_dir, settings, runs, "unfinished" if errored else "completed")
     return SweepOutcome(sweep_dir, summary, errored, restored)
+
+
+FIXED_AT_FIRST_START = ("max_concurrent", "scheduler", "trial_retries")
+"""What Ray Tune keeps from a grid's first start: ``Tuner.restore`` takes no new TuneConfig or RunConfig."""
+
+
+def _as_first_started(settings: SweepSettings, record: dict[str, Any]) -> SweepSettings:
+    """``settings`` with the values a restored grid keeps; warns about each one the user asked to change."""
+    kept = {key: record[key] for key in FIXED_AT_FIRST_START
+            if key in record and record[key] != getattr(settings, key)}
+    for key, value in kept.items():
+        log.warning(f"the restored sweep keeps {key}={value!r} from its first start "
+                    f"(asked for {getattr(settings, key)!r}); Ray Tune restores a grid as it was created")
+    return dataclasses.replace(settings, **kept)
 
 
 def _tuner(settings: SweepSettings, runs: Sequence[RunSettings], sweep_dir: Path) -> tuple[tune.Tuner, bool]:

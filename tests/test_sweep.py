@@ -267,10 +267,14 @@ def test_a_killed_sweep_driver_is_finished_by_the_same_command(tmp_path, token_c
     finished_bytes = {name: (done / name).read_bytes() for name in ("results.json", "logs/metrics.jsonl")}
     last_committed = max(_committed_steps(running))
 
-    second = subprocess.run(cmd, env=env, cwd=tmp_path, start_new_session=True, capture_output=True, text=True,
+    # The same command, but for --max-concurrent, which a restored Tune grid cannot change: said, and kept.
+    again = [*cmd[:cmd.index("--max-concurrent") + 1], "2", *cmd[cmd.index("--max-concurrent") + 2:]]
+    second = subprocess.run(again, env=env, cwd=tmp_path, start_new_session=True, capture_output=True, text=True,
                             timeout=400)
     assert second.returncode == 0, f"{second.stdout[-3000:]}\n{second.stderr[-3000:]}"
     assert "restored and finished" in second.stdout
+    assert "the restored sweep keeps max_concurrent=1 from its first start (asked for 2)" in second.stderr
+    assert json.loads((done.parent / "sweep.json").read_text())["max_concurrent"] == 1
     assert [p.name for p in out.iterdir()] == [done.parent.name], "the rerun must restore, not start a new sweep"
     # The finished run was not trained again: its result and its rows are the same bytes.
     assert {name: (done / name).read_bytes() for name in finished_bytes} == finished_bytes
