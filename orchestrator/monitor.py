@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,12 @@ class RunMonitor:
 
     With monitoring disabled (``run_dir=None``) it writes nothing but still keeps the latest state
     in memory, so a worker failure can resume and the driver still gets progress and results.
+    ``background_plots`` draws plots on a thread of their own: a plot takes seconds, and the actor
+    runs one call at a time, so rows and checkpoints would otherwise queue behind it.
     """
 
-    def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any],
+                 background_plots: bool = False) -> None:
         self.settings = RunSettings.from_dict(settings)
         # A run at a URI is written in a staging copy on this node: downloaded now, uploaded as it changes.
         self.mirror = RunMirror.attach(run_dir) if run_dir and is_uri(run_dir) else None
@@ -52,6 +57,9 @@ class RunMonitor:
         once: shown by the CLI, kept in results.json and training.log."""
         self._memory_state: dict[str, Any] | None = None
         self._plot_model: torch.nn.Module | None = None
+        self._plotter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") if background_plots else None
+        self._plot_jobs: list[Future] = []
+        self._sync_lock = threading.Lock()  # the plot thread uploads its PNGs too
         run = self.run_dir.name if self.run_dir else self.settings.name
         self.telemetry = RunTelemetry(run, self.settings.ablation)
         if self.run_dir is None:
@@ -101,7 +109,8 @@ class RunMonitor:
         for row in rows:
             self.metrics.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
         if self.mirror is not None:
-            self.mirror.sync_if_due()
+            with self._sync_lock:
+                self.mirror.sync_if_due()
 
     def save_checkpoint(self, attempt: int, step: int, state: dict[str, Any], val_loss: float | None) -> bool:
         """Commit ``state`` as the checkpoint of ``step`` (atomic, with retention); False if dropped."""
@@ -118,11 +127,20 @@ class RunMonitor:
         return True
 
     def visualize(self, attempt: int, step: int, model_state: dict[str, torch.Tensor]) -> None:
-        """Draw the training-dynamics and model-internal plots of ``step``."""
+        """Draw the training-dynamics and model-internal plots of ``step`` from the rows logged so far
+        (on the plot thread with ``background_plots``; :meth:`finish` waits for them)."""
         if attempt != self.attempt or self.plots is None:
             return
         self.metrics.flush_parquet()
-        self.plots.generate_training_plots(step, self.metrics.load_metrics())
+        rows = self.metrics.load_metrics()
+        if self._plotter is None:
+            self._draw(step, rows, model_state)
+            return
+        self._plot_jobs = [job for job in self._plot_jobs if not job.done()]
+        self._plot_jobs.append(self._plotter.submit(self._draw, step, rows, model_state))
+
+    def _draw(self, step: int, rows: list[dict[str, Any]], model_state: dict[str, Any]) -> None:
+        self.plots.generate_training_plots(step, rows)
         if self._plot_model is None:
             self._plot_model = build_model_from_config(self.settings.spec.model)
         self._plot_model.load_state_dict(from_wire(model_state))
@@ -147,6 +165,10 @@ class RunMonitor:
         self.progress["status"] = status
         if self.run_dir is None:
             return
+        for job in self._plot_jobs:  # wait for the plots still being drawn: they are part of the run
+            if job.exception() is not None:
+                log.warning("plots not drawn (%s)", job.exception())
+        self._plot_jobs = []
         self.metrics.flush_parquet()
         best = self.checkpoints.best_checkpoint()
         best_location = None if best is None else self.mirror.remote_location(best) if self.mirror else str(best)
@@ -162,7 +184,8 @@ class RunMonitor:
     def _sync(self) -> None:
         """Upload the staging copy of a run at a URI (checkpoints before the manifest that lists them)."""
         if self.mirror is not None:
-            self.mirror.sync()
+            with self._sync_lock:
+                self.mirror.sync()
 
     def _warn(self, *messages: str) -> None:
         """Record each new warning (the writers already logged it) in training.log and for results.json."""
@@ -187,8 +210,37 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-MonitorActor = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=3)(RunMonitor)
-"""RunMonitor as the driver-owned Ray actor of one run.
+MONITOR_NICENESS = 19
+"""The monitoring actor's nice value, the lowest CPU priority (Ray starts its workers at 15): on a
+busy machine training wins the cores it shares with plots and file writes, and on an idle core they
+run at full speed. Nothing is skipped; a checkpoint may only be committed later."""
+
+
+def lower_cpu_priority(niceness: int) -> None:
+    """Give every thread of this process the nice value ``niceness`` (never a higher priority).
+
+    On Linux a nice value belongs to a thread, so ``os.nice`` alone would leave the threads Ray
+    already started (the ones that receive checkpoints) at training's priority.
+    """
+    tasks = Path("/proc/self/task")
+    threads = [int(name) for name in os.listdir(tasks)] if tasks.is_dir() else [0]
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, max(niceness, os.getpriority(os.PRIO_PROCESS, tid)))
+        except ProcessLookupError:  # a thread that ended since the listing
+            continue
+
+
+class _BackgroundMonitor(RunMonitor):
+    """RunMonitor in a process that yields the CPU to training: the actor shares the workers' cores."""
+
+    def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any]) -> None:
+        lower_cpu_priority(MONITOR_NICENESS)
+        super().__init__(run_dir, settings, dataset_info, background_plots=True)
+
+
+MonitorActor = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=3)(_BackgroundMonitor)
+"""RunMonitor as the driver-owned Ray actor of one run, at lower CPU priority than training.
 
 If its process dies, Ray restarts it (the constructor rebuilds its state from the run folder) and
 re-sends the calls that were in flight, so training goes on; the resolved metrics keep one row per

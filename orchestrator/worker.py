@@ -140,7 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     actor.register_worker.remote(rank, os.getpid())
 
     started, start_tokens = time.perf_counter(), state.tokens_seen
-    last_row_time = started
+    iteration_mark = started  # where the previous iteration would build its row: step_time_s spans one loop
     error, last_val = None, None
     while not state.finished:
         try:
@@ -161,12 +161,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if sink.buffers is None:
                 sink.prepare(state.state_dict())
             now = time.perf_counter()
-            row = _metric_row(result, started, state.tokens_seen - start_tokens, now - last_row_time)
-            last_row_time = now
-            if val_loss is not None:
-                row.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
-            if s % mon.log_interval == 0 or val_loss is not None or last:
+            if s % mon.log_interval == 0 or val_loss is not None or last:  # the row is built only when sent
+                row = _metric_row(result, started, state.tokens_seen - start_tokens, now - iteration_mark)
+                if val_loss is not None:
+                    row.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
                 sink.send(row)
+            iteration_mark = now
             if (s > 0 and s % mon.checkpoint_interval == 0) or improved or last:
                 sink.save(s, state.state_dict(), val_loss)
             if (s > 0 and s % mon.viz_interval == 0) or last:
