@@ -98,6 +98,23 @@ def _tokens_per_second(variants: dict[str, Variant], plan: _Plan,
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def _ops_per_step(variants: dict[str, Variant]) -> dict[str, int]:
+    """PyTorch operators one training step of each variant runs (leaf ``aten::`` calls, forward,
+    backward and optimiser). On a GPU each is at least one kernel launch, so for a model too small to
+    fill the device, step time follows this count rather than the FLOPs."""
+    counts = {}
+    for name, (cfg, exp) in variants.items():
+        state = TrainState(RunSpec(cfg, exp, TrainConfig(steps=10**9, batch_size=1, precision=_precision())),
+                           _device())
+        batch_fn = _fixed_batch(cfg.vocab_size, 1, cfg.block_size)
+        train_step(state, batch_fn)  # the optimiser state exists from the second step on
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            train_step(state, batch_fn)
+        counts[name] = sum(1 for e in prof.events() if e.name.startswith("aten::")
+                           and not any(c.name.startswith("aten::") for c in e.cpu_children))
+    return counts
+
+
 def _plan_details(plan: _Plan, cfg: ModelConfig) -> dict[str, Any]:
     return {"model": {"size": plan.size, "d_model": cfg.d_model, "num_layers": cfg.num_layers,
                       "num_heads": cfg.num_heads, "num_waves": cfg.num_waves, "block_size": cfg.block_size,
@@ -137,6 +154,7 @@ def wave_vs_standard(quick: bool = False) -> dict[str, Any]:
     return result("wave_vs_standard", speed[worst], "tokens/s", baseline, ">= 0.7",
                   headline=f"worst wave variant: {worst}", ratios=ratios,
                   wave_baseline_ratio=ratios["wave_interference+adamw"], tokens_per_sec=speed,
+                  ops_per_step=_ops_per_step(variants),
                   **_plan_details(plan, variants[worst][0]))
 
 
