@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,13 @@ class RunMonitor:
 
     With monitoring disabled (``run_dir=None``) it writes nothing but still keeps the latest state
     in memory, so a worker failure can resume and the driver still gets progress and results.
-    ``background_plots`` draws plots on a thread of their own: a plot takes seconds, and the actor
+    ``started_at`` (the driver's clock when it created the actor) lets a restarted actor take back the
+    warnings of this run from training.log. ``background_plots`` draws plots on a thread of their own: a plot takes seconds, and the actor
     runs one call at a time, so rows and checkpoints would otherwise queue behind it.
     """
 
     def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any],
-                 background_plots: bool = False) -> None:
+                 background_plots: bool = False, started_at: float | None = None) -> None:
         self.settings = RunSettings.from_dict(settings)
         # A run at a URI is written in a staging copy on this node: downloaded now, uploaded as it changes.
         self.mirror = RunMirror.attach(run_dir) if run_dir and is_uri(run_dir) else None
@@ -72,8 +74,11 @@ class RunMonitor:
         self.plots = VisualizationManager(self.run_dir / "visualizations", viz_interval=mon.viz_interval)
         self.tracker = ConfigTracker(self.run_dir)
         # A restarted actor (Ray re-runs this constructor) continues the attempt its files record,
-        # so rank 0's rows and checkpoints keep being accepted.
+        # so rank 0's rows and checkpoints keep being accepted, and keeps the warnings of this run
+        # since the driver started it (``started_at``), which training.log holds.
         self.attempt = self.metrics.attempt
+        if started_at is not None:
+            self.warnings = list(dict.fromkeys(self.metrics.warnings_since(datetime.fromtimestamp(started_at))))
 
     # -- calls from rank 0 -------------------------------------------------------------------
     def begin_attempt(self, start_step: int, hardware: dict[str, Any]) -> int:
@@ -234,9 +239,10 @@ def lower_cpu_priority(niceness: int) -> None:
 class _BackgroundMonitor(RunMonitor):
     """RunMonitor in a process that yields the CPU to training: the actor shares the workers' cores."""
 
-    def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any],
+                 started_at: float) -> None:
         lower_cpu_priority(MONITOR_NICENESS)
-        super().__init__(run_dir, settings, dataset_info, background_plots=True)
+        super().__init__(run_dir, settings, dataset_info, background_plots=True, started_at=started_at)
 
 
 MonitorActor = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=3)(_BackgroundMonitor)
@@ -257,4 +263,4 @@ def start_monitor(run_dir: str | None, settings: dict[str, Any], dataset_info: d
     caller's node but may pick another one when it is busy, and that node could be the one lost.
     """
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return MonitorActor.options(scheduling_strategy=here).remote(run_dir, settings, dataset_info)
+    return MonitorActor.options(scheduling_strategy=here).remote(run_dir, settings, dataset_info, time.time())

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
-from orchestrator.monitor import MONITOR_NICENESS
+from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import run_training, train_experiment
+from orchestrator.run import resolve_run_dir, run_training, train_experiment
 from orchestrator.settings import MonitoringSettings
 from spectral_gpt.config import ConfigError
 
@@ -138,3 +139,23 @@ def test_resume_must_without_a_run_is_a_config_error(token_cache, tmp_path):
     with pytest.raises(ConfigError, match="no unfinished run named 'nothing'"):
         run_training(settings)
     assert not (tmp_path / "nothing").exists()
+
+
+def test_a_restarted_monitor_keeps_the_warnings_of_its_run(tmp_path, token_cache):
+    """Ray restarts a dead actor by running its constructor again with the same arguments: the
+    warnings since the driver started the run come back from training.log, older ones do not."""
+    settings = run_settings(tmp_path, token_cache, "warned")
+    run_dir = resolve_run_dir(settings)
+    earlier = RunMonitor(str(run_dir), settings.to_dict(), {"train_tokens": 1})
+    earlier._warn("checkpoint at step 10 not saved (disk full) -- an earlier driver's")
+    started_at = time.time() + 1.0  # the next whole second: warnings-since is to the second
+    time.sleep(max(0.0, started_at - time.time()))
+    first = RunMonitor(str(run_dir), settings.to_dict(), {"train_tokens": 1}, started_at=started_at)
+    assert first.warnings == []
+    first._warn("checkpoint at step 20 not saved (disk full)")
+    first._warn("checkpoint at step 30 not saved (disk full)")
+    restarted = RunMonitor(str(run_dir), settings.to_dict(), {"train_tokens": 1}, started_at=started_at)
+    assert restarted.warnings == ["checkpoint at step 20 not saved (disk full)",
+                                  "checkpoint at step 30 not saved (disk full)"]
+    restarted.finish("completed", {"total_steps": 60})
+    assert json.loads((run_dir / "results.json").read_text())["warnings"] == restarted.warnings

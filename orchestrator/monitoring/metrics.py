@@ -32,6 +32,9 @@ from orchestrator.monitoring.metric_rows import is_number, ordered_keys, resolve
 
 log = logging.getLogger(__name__)
 
+WARNING_TIME = "%Y-%m-%d %H:%M:%S"
+"""How a warning's time is written in training.log, and read back by :meth:`MetricsLogger.warnings_since`."""
+
 RESERVED_KEYS = ("step", "timestamp", "attempt", "nonfinite")
 """Keys the logger sets itself; a metric with one of these names is dropped."""
 
@@ -112,11 +115,28 @@ class MetricsLogger:
         self._flush_handles()  # the rows before it stay before it
         try:
             with atomic.open_output(self.log_file, "a") as fh:
-                fh.write(f"[{datetime.now():%Y-%m-%d %H:%M:%S}] WARNING {message}\n")
+                fh.write(f"[{datetime.now():{WARNING_TIME}}] WARNING {message}\n")
         except OSError as exc:
             log.warning("warning not written to %s (%s)", self.log_file, exc)
             return False
         return True
+
+    def warnings_since(self, moment: datetime) -> list[str]:
+        """The messages :meth:`log_warning` wrote at ``moment`` or later (to the second), in order."""
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        found = []
+        for line in lines:
+            stamp, sep, message = line.partition("] WARNING ")
+            try:
+                written = datetime.strptime(stamp.removeprefix("["), WARNING_TIME) if sep else None
+            except ValueError:
+                continue
+            if written is not None and written >= moment.replace(microsecond=0):
+                found.append(message)
+        return found
 
     def begin_attempt(self, start_step: int) -> int:
         """Start a new attempt whose first logged step is ``start_step``; return its number.
