@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 from test_secrets import assert_no_secret, secret_environment, secret_runtime_env
 
-from orchestrator.cli import main
+from orchestrator.cli import build_parser, main, settings_from_args
 from orchestrator.monitoring import MetricsLogger
+from orchestrator.sweep_cli import sweep_settings_from_args
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
 SCRIPT = Path(sys.executable).with_name("spectral-gpt")
@@ -232,3 +233,15 @@ def test_no_monitoring_trains_and_writes_nothing(tmp_path, token_cache, ray_tmp,
     assert not list(scratch.glob("spectral-gpt-*")), "the temporary Ray storage was left behind"
     assert not (tmp_path / "experiments").exists()  # nor the default output folder in the cwd
     assert _wait_until_gone(60, sid=proc.pid) == [], "Ray processes outlived a finished driver"
+
+
+def test_precision_reaches_every_runs_train_config():
+    """``--precision bf16`` for train and for every run of a sweep (fp32 stays the default)."""
+    parser = build_parser()
+    args = parser.parse_args(["train", "--precision", "bf16"])
+    assert settings_from_args(args, args.experiment, args.name).spec.train.precision == "bf16"
+    args = parser.parse_args(["train"])
+    assert settings_from_args(args, args.experiment, args.name).spec.train.precision == "fp32"
+    sweep = sweep_settings_from_args(parser.parse_args(["ablate", "--experiment", "rgd_only", "qfe_only",
+                                                        "--precision", "bf16"]))
+    assert [run.spec.train.precision for run in sweep.runs] == ["bf16", "bf16"]
