@@ -39,8 +39,9 @@ class RunMonitor:
     With monitoring disabled (``run_dir=None``) it writes nothing but still keeps the latest state
     in memory, so a worker failure can resume and the driver still gets progress and results.
     ``started_at`` (the driver's clock when it created the actor) lets a restarted actor take back the
-    warnings of this run from training.log. ``background_plots`` draws plots on a thread of their own: a plot takes seconds, and the actor
-    runs one call at a time, so rows and checkpoints would otherwise queue behind it.
+    warnings of this run from training.log. ``background_plots`` draws plots on a thread of their
+    own: a plot takes seconds, and the actor runs one call at a time, so rows and checkpoints would
+    otherwise queue behind it.
     """
 
     def __init__(self, run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any],

@@ -73,6 +73,8 @@ def test_the_benchmark_compares_both_models_from_their_own_files(benchmark):
     assert [m["ablation"] for m in models] == list(BENCHMARK_MODELS)
     assert [m["model"] for m in models] == list(BENCHMARK_MODELS.values())
     assert benchmark.table["setup"]["steps"] == STEPS
+    assert benchmark.table["setup"]["precision"] == "fp32"
+    assert "CPU worker(s), fp32." in (benchmark.folder / "benchmark.md").read_text()
     for row in models:
         run_dir = Path(row["run_dir"])
         assert run_dir == benchmark.folder / row["ablation"]
