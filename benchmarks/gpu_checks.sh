@@ -16,7 +16,7 @@ out=$(realpath -m "${1:-gpu-results}")
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-checks=${CHECKS:-parity refuse train mfu wave_vs_standard linear_attention_scaling orchestration_overhead checkpoint_stall}
+checks=${CHECKS:-parity refuse train mfu wave_vs_standard compile_speedup linear_attention_scaling orchestration_overhead checkpoint_stall}
 train=("$py" -m orchestrator.cli train --gpu --model small --steps 400 --checkpoint-interval 100
        --eval-interval 100 --log-interval 1 --viz-interval 200 --precision "${PRECISION:-bf16}"
        --output "$out/runs")
@@ -81,6 +81,7 @@ fi
 for name in mfu wave_vs_standard linear_attention_scaling checkpoint_stall; do
     wanted "$name" && step "$name" 150 "$py" -m benchmarks "$name" --json "$out/$name.json"
 done
+wanted compile_speedup && step compile_speedup 300 "$py" -m benchmarks compile_speedup --json "$out/compile_speedup.json"
 wanted orchestration_overhead && step orchestration_overhead 150 "$py" -m benchmarks orchestration_overhead \
     --quick --json "$out/orchestration_overhead.json"
 pack

@@ -75,14 +75,15 @@ def _variant(size: str, experiment: ExperimentConfig, **changes: Any) -> Variant
 
 
 def _tokens_per_second(variants: dict[str, Variant], plan: _Plan,
-                       precisions: dict[str, str] | None = None) -> dict[str, float]:
+                       train_changes: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
     """Median tokens/s of full training steps of each variant, measured in interleaved rounds; each
-    trains at ``precisions[name]``, else at :func:`_precision`."""
+    trains at :func:`_precision`, eagerly, unless ``train_changes[name]`` sets other TrainConfig fields
+    (``precision``, ``compile``). Warm-up steps include any compilation."""
     device = _device()
     states: dict[str, tuple[TrainState, BatchFn]] = {}
     for name, (cfg, exp) in variants.items():
-        precision = (precisions or {}).get(name, _precision())
-        spec = RunSpec(cfg, exp, TrainConfig(steps=10**9, batch_size=plan.batch, precision=precision))
+        changes = {"precision": _precision(), **(train_changes or {}).get(name, {})}
+        spec = RunSpec(cfg, exp, TrainConfig(steps=10**9, batch_size=plan.batch, **changes))
         states[name] = TrainState(spec, device), _fixed_batch(cfg.vocab_size, plan.batch, cfg.block_size)
         for _ in range(plan.warmup):
             train_step(*states[name])
@@ -156,6 +157,31 @@ def wave_vs_standard(quick: bool = False) -> dict[str, Any]:
                   wave_baseline_ratio=ratios["wave_interference+adamw"], tokens_per_sec=speed,
                   ops_per_step=_ops_per_step(variants),
                   **_plan_details(plan, variants[worst][0]))
+
+
+@benchmark
+def compile_speedup(quick: bool = False) -> dict[str, Any]:
+    """Training tokens/s of WaveGPT under ``--compile`` (TorchInductor) / the same model eager.
+
+    The wave model's step is many small elementwise wave terms; fusing them is what compilation is
+    for, above all on a GPU, where each unfused term is a kernel launch. The standard GPT is measured
+    the same way alongside, and ``wave_vs_standard_compiled`` is wave_vs_standard with both compiled.
+    Compilation happens in the warm-up steps; its seconds are reported, not timed as training.
+    """
+    plan = _plan(quick)
+    models = {"wave": _variant(plan.size, ABLATIONS["wave_baseline"]),
+              "standard": _variant(plan.size, ABLATIONS["standard_transformer"])}
+    variants = {f"{model}{suffix}": variant for model, variant in models.items() for suffix in ("", "@compile")}
+    started = time.perf_counter()
+    speed = _tokens_per_second(variants, plan, {name: {"compile": "default"} for name in variants
+                                                if name.endswith("@compile")})
+    speedups = {model: speed[f"{model}@compile"] / speed[model] for model in models}
+    return result("compile_speedup", speed["wave@compile"], "tokens/s", speed["wave"], "report",
+                  speedups=speedups, tokens_per_sec=speed,
+                  wave_vs_standard_eager=speed["wave"] / speed["standard"],
+                  wave_vs_standard_compiled=speed["wave@compile"] / speed["standard@compile"],
+                  seconds_with_compilation=time.perf_counter() - started, compile_mode="default",
+                  **_plan_details(plan, models["wave"][0]))
 
 
 def _attention_seconds_per_token(cfg: ModelConfig, seq_len: int, batch: int, reps: int) -> float:
@@ -251,7 +277,7 @@ def mfu(quick: bool = False) -> dict[str, Any]:
     if _precision() != "fp32":  # on a GPU, float32 training alongside, for the contrast
         variants.update({f"{name}@fp32": variant for name, variant in list(variants.items())})
         precisions.update(dict.fromkeys((name for name in variants if name.endswith("@fp32")), "fp32"))
-    speed = _tokens_per_second(variants, plan, precisions)
+    speed = _tokens_per_second(variants, plan, {name: {"precision": p} for name, p in precisions.items()})
     peak, source, fp32 = _peak_flops(quick)
     models = {}
     for name, (cfg, _) in variants.items():

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator.config_file import add_config_argument, driver_runtime_env, parse_args, runtime_env_argument
 from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
-from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, MODEL_SIZES, PRECISIONS, ConfigError
+from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, COMPILE_MODES, MODEL_SIZES, PRECISIONS, ConfigError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +58,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, steps_default: int) ->
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                         help="bf16: forward passes under bfloat16 autocast (for GPUs); fp32 (default) is "
                              "bit-reproducible")
+    parser.add_argument("--compile", nargs="?", const="default", default=None, choices=list(COMPILE_MODES),
+                        metavar="MODE", help="train through torch.compile (fused kernels, mainly for GPUs; the first "
+                                             "step compiles for tens of seconds); MODE: "
+                                             f"{', '.join(COMPILE_MODES)} (default: default)")
     parser.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (DDP)")
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--gpu", dest="gpu", action="store_true", help="one GPU per worker (NCCL)")
@@ -87,7 +91,7 @@ def settings_from_args(args: argparse.Namespace, ablation: str, name: str | None
     return build_run_settings(
         ablation=ablation, size=args.model, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
         vocab_size=args.vocab_size, dataset=args.dataset, name=name, output=args.output, resume=args.resume,
-        eval_interval=args.eval_interval, precision=args.precision,
+        eval_interval=args.eval_interval, precision=args.precision, compile_mode=args.compile,
         monitoring=MonitoringSettings(enabled=not args.no_monitoring,
                                       checkpoint_interval=args.checkpoint_interval, keep_last=args.keep_last,
                                       log_interval=args.log_interval, viz_interval=args.viz_interval),

@@ -129,7 +129,7 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
                        seed: int = 1337, batch_size: int | None = None, vocab_size: int | None = None,
                        dataset: str = "python-docs", name: str | None = None,
                        output: str | os.PathLike = "experiments", resume: str = "auto",
-                       eval_interval: int | None = None, precision: str = "fp32",
+                       eval_interval: int | None = None, precision: str = "fp32", compile_mode: str | None = None,
                        monitoring: MonitoringSettings | None = None,
                        scaling: ScalingSettings | None = None, cache_dir: str | None = None,
                        **experiment_overrides: Any) -> RunSettings:
@@ -156,7 +156,7 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
                           f"but this machine has {torch.cuda.device_count()}; use --workers "
                           f"{torch.cuda.device_count()} or fewer, or submit to a larger cluster (RAY_ADDRESS)")
     train = TrainConfig(steps=steps, seed=seed, batch_size=BATCH_SIZES[size] if batch_size is None else batch_size,
-                        precision=precision,
+                        precision=precision, compile=compile_mode,
                         eval_interval=(min(250, monitoring.checkpoint_interval, steps) if eval_interval is None
                                        else eval_interval))
     return RunSettings(

@@ -27,7 +27,7 @@ from orchestrator.settings import RunSettings
 from orchestrator.snapshot import CopiesLanded, snapshot
 from orchestrator.wire import to_wire
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
-from spectral_gpt.training import NonFiniteLossError, StepResult, TrainState, evaluate, train_step
+from spectral_gpt.training import NonFiniteLossError, StepResult, TrainState, compiled, evaluate, train_step
 
 GENERATION_PROMPT = "The theory of quantum mechanics suggests"
 MAX_ROWS_IN_FLIGHT = 64
@@ -131,7 +131,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if restored is not None:
         state.load_state_dict(restored)
     if world > 1:
-        state.forward_module = ray.train.torch.prepare_model(state.model, move_to_device=False)
+        ddp = ray.train.torch.prepare_model(state.model, move_to_device=False)
+        state.forward_module = compiled(ddp, spec.train)
     sampler = BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
     val = validation_batches(dataset.val, spec.model.block_size, spec.train.batch_size, spec.train.eval_batches)
     sink = None

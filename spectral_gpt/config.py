@@ -185,6 +185,9 @@ class ExperimentConfig(_JsonConfig):
 PRECISIONS = ("fp32", "bf16")
 """What :attr:`TrainConfig.precision` accepts."""
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+"""``torch.compile`` modes :attr:`TrainConfig.compile` accepts (``None`` trains eagerly)."""
+
 
 @dataclass(frozen=True)
 class TrainConfig(_JsonConfig):
@@ -207,10 +210,17 @@ class TrainConfig(_JsonConfig):
     precision: str = "fp32"
     """``fp32``, or ``bf16``: forward passes and losses under bfloat16 autocast (float32 weights,
     gradients and optimiser state), what a GPU's tensor cores run fast; fp32 is bit-reproducible."""
+    compile: str | None = None
+    """A ``torch.compile`` mode for the training forward and backward, or None (eager): fused kernels
+    for the wave model's many small elementwise terms, which is where a GPU step spends its time.
+    The first step pays the compilation (tens of seconds); the mathematics is the same, the float
+    rounding of fused kernels and the dropout draws are not bit-equal to eager's."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision={self.precision!r} is not one of: {', '.join(PRECISIONS)}")
+        if self.compile is not None:
+            _choice("compile", self.compile, COMPILE_MODES)
         require_int("steps", self.steps)
         require_int("seed", self.seed, minimum=0)
         require_int("batch_size", self.batch_size)

@@ -85,8 +85,9 @@ class TrainState:
     """Model, optimiser, loss, early stopping and counters of one run, with an exact state_dict.
 
     ``forward_module`` is what the step calls: the model itself, or a DDP wrapper around it set by
-    the Ray worker. Checkpoints always hold the unwrapped model, so no ``module.`` prefix mismatch
-    can occur on load (spec B12).
+    the Ray worker, under ``torch.compile`` when the run asks for it. Checkpoints always hold the
+    unwrapped model, so no ``module.`` or ``_orig_mod.`` prefix mismatch can occur on load (spec B12),
+    and a run may be resumed with or without compilation.
     """
 
     def __init__(self, spec: RunSpec, device: torch.device | str = "cpu") -> None:
@@ -94,7 +95,7 @@ class TrainState:
         self.device = torch.device(device)
         torch.manual_seed(spec.train.seed)
         self.model: nn.Module = build_model_from_config(spec.model).to(self.device)
-        self.forward_module: nn.Module = self.model
+        self.forward_module: nn.Module = compiled(self.model, spec.train)
         self.loss_fn = build_loss(spec.experiment, spec.model.vocab_size, spec.train.seed)
         if self.loss_fn is not None:
             self.loss_fn = self.loss_fn.to(self.device)
@@ -146,6 +147,15 @@ class TrainState:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.step = int(state["step"])
         self.tokens_seen = int(state["tokens_seen"])
+
+
+def compiled(module: nn.Module, train: TrainConfig) -> nn.Module:
+    """``module`` under ``torch.compile`` in the run's mode (:attr:`TrainConfig.compile`), else itself.
+
+    Only the training forward and backward are compiled: the optimisers (RGD's FFTs), QFE and the
+    evaluation stay eager, so the checkpointed state is exactly that of an eager run.
+    """
+    return module if train.compile is None else torch.compile(module, mode=train.compile)
 
 
 def _diff(saved: Any, current: Any) -> str:

@@ -235,13 +235,16 @@ def test_no_monitoring_trains_and_writes_nothing(tmp_path, token_cache, ray_tmp,
     assert _wait_until_gone(60, sid=proc.pid) == [], "Ray processes outlived a finished driver"
 
 
-def test_precision_reaches_every_runs_train_config():
-    """``--precision bf16`` for train and for every run of a sweep (fp32 stays the default)."""
+def test_precision_and_compile_reach_every_runs_train_config():
+    """``--precision bf16`` and ``--compile [MODE]`` for train and for every run of a sweep (fp32 and
+    eager stay the defaults)."""
     parser = build_parser()
-    args = parser.parse_args(["train", "--precision", "bf16"])
-    assert settings_from_args(args, args.experiment, args.name).spec.train.precision == "bf16"
+    args = parser.parse_args(["train", "--precision", "bf16", "--compile"])
+    train = settings_from_args(args, args.experiment, args.name).spec.train
+    assert (train.precision, train.compile) == ("bf16", "default")
     args = parser.parse_args(["train"])
-    assert settings_from_args(args, args.experiment, args.name).spec.train.precision == "fp32"
+    train = settings_from_args(args, args.experiment, args.name).spec.train
+    assert (train.precision, train.compile) == ("fp32", None)
     sweep = sweep_settings_from_args(parser.parse_args(["ablate", "--experiment", "rgd_only", "qfe_only",
-                                                        "--precision", "bf16"]))
-    assert [run.spec.train.precision for run in sweep.runs] == ["bf16", "bf16"]
+                                                        "--precision", "bf16", "--compile", "max-autotune"]))
+    assert [(run.spec.train.precision, run.spec.train.compile) for run in sweep.runs] == [("bf16", "max-autotune")] * 2

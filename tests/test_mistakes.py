@@ -113,6 +113,7 @@ CLI_MISTAKES = [
     pytest.param(["--log-interval", "-1"], "argument --log-interval: '-1' must be >= 1", id="log-interval-neg"),
     pytest.param(["--workers", "0"], "argument --workers: '0' must be >= 1", id="workers-0"),
     pytest.param(["--resume", "maybe"], "argument --resume: invalid choice: 'maybe'", id="resume-maybe"),
+    pytest.param(["--compile", "fast"], "argument --compile: invalid choice: 'fast'", id="compile-fast"),
     pytest.param(["--seed", "-1"], "seed=-1 must be an integer >= 0", id="seed-negative"),
     pytest.param(["--vocab-size", "10"], "vocab_size=10 must be an integer >= 257", id="vocab-too-small"),
     pytest.param(["--lr", "-1"], "lr=-1.0 must be a finite number > 0", id="lr-negative"),
