@@ -155,7 +155,7 @@ def _setup(record: RunRecord) -> dict[str, Any]:
             "steps": train.get("steps"), "batch_size": train.get("batch_size"), "seed": train.get("seed"),
             "eval_interval": train.get("eval_interval"), "eval_batches": train.get("eval_batches"),
             "workers": scaling.get("workers"), "device": "GPU" if scaling.get("use_gpu") else "CPU",
-            "precision": train.get("precision", "fp32")}
+            "precision": train.get("precision", "fp32"), "compile": train.get("compile")}
 
 
 def _cells(row: dict[str, Any], run_link: str) -> list[str]:
@@ -167,11 +167,12 @@ def _cells(row: dict[str, Any], run_link: str) -> list[str]:
 
 
 def _markdown(rows: Sequence[dict[str, Any]], setup: dict[str, Any], out_dir: Path, plot: Path) -> str:
+    compiled = "" if setup["compile"] is None else f", torch.compile {setup['compile']}"
     lines = [f"# Benchmark: {' vs '.join(r['model'] for r in rows)}", "",
              f"Model size `{setup['size']}`, {setup['steps']} steps each (equal budgets), batch "
              f"{setup['batch_size']}, dataset `{setup['dataset']}`, seed {setup['seed']}, {setup['workers']} "
-             f"{setup['device']} worker(s), {setup['precision']}. Validation loss is the mean cross-entropy over "
-             f"{setup['eval_batches']} fixed held-out batches of the validation split, every "
+             f"{setup['device']} worker(s), {setup['precision']}{compiled}. Validation loss is the mean "
+             f"cross-entropy over {setup['eval_batches']} fixed held-out batches of the validation split, every "
              f"{setup['eval_interval']} steps; never a training batch.", "",
              "| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
     for row in rows:

@@ -73,7 +73,7 @@ def test_the_benchmark_compares_both_models_from_their_own_files(benchmark):
     assert [m["ablation"] for m in models] == list(BENCHMARK_MODELS)
     assert [m["model"] for m in models] == list(BENCHMARK_MODELS.values())
     assert benchmark.table["setup"]["steps"] == STEPS
-    assert benchmark.table["setup"]["precision"] == "fp32"
+    assert (benchmark.table["setup"]["precision"], benchmark.table["setup"]["compile"]) == ("fp32", None)
     assert "CPU worker(s), fp32." in (benchmark.folder / "benchmark.md").read_text()
     for row in models:
         run_dir = Path(row["run_dir"])
