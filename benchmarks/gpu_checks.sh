@@ -7,7 +7,9 @@
 #   bash benchmarks/gpu_checks.sh [DIR]        (PYTHON=python3 by default; run from the repository root)
 #
 # CHECKS="parity train mfu ..." runs only those sections (default: all, in the order below);
-# PRECISION=fp32|bf16 (default bf16) is what the training runs use.
+# PRECISION=fp32|bf16 (default bf16) is what the training runs use. The section "bigger" measures
+# mfu, wave_vs_standard and compile_speedup again at BIGGER_SIZE (default large) into DIR/BIGGER_SIZE,
+# since the small model leaves a big GPU idle between kernel launches.
 #
 # ARCHIVE=FILE.tar.gz also packs DIR (checkpoints left out) after every step, so a session cut short
 # by a time limit still carries off everything up to its last finished step.
@@ -16,7 +18,7 @@ out=$(realpath -m "${1:-gpu-results}")
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-checks=${CHECKS:-parity refuse train mfu wave_vs_standard compile_speedup linear_attention_scaling orchestration_overhead checkpoint_stall}
+checks=${CHECKS:-parity refuse train mfu wave_vs_standard compile_speedup linear_attention_scaling orchestration_overhead checkpoint_stall bigger}
 train=("$py" -m orchestrator.cli train --gpu --model small --steps 400 --checkpoint-interval 100
        --eval-interval 100 --log-interval 1 --viz-interval 200 --precision "${PRECISION:-bf16}"
        --output "$out/runs")
@@ -84,4 +86,11 @@ done
 wanted compile_speedup && step compile_speedup 300 "$py" -m benchmarks compile_speedup --json "$out/compile_speedup.json"
 wanted orchestration_overhead && step orchestration_overhead 150 "$py" -m benchmarks orchestration_overhead \
     --quick --json "$out/orchestration_overhead.json"
+if wanted bigger; then
+    bigger=${BIGGER_SIZE:-large}
+    mkdir -p "$out/$bigger"
+    for name in mfu wave_vs_standard compile_speedup; do
+        step "${name}_$bigger" 300 "$py" -m benchmarks "$name" --size "$bigger" --json "$out/$bigger/$name.json"
+    done
+fi
 pack

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.common import benchmark, result
 from spectral_gpt.attention import build_attention
-from spectral_gpt.config import ABLATIONS, ExperimentConfig, ModelConfig, TrainConfig, model_config_for
+from spectral_gpt.config import ABLATIONS, BATCH_SIZES, ExperimentConfig, ModelConfig, TrainConfig, model_config_for
 from spectral_gpt.flops import forward_flops, training_flops_per_token
 from spectral_gpt.training import BatchFn, RunSpec, TrainState, train_step
 
@@ -40,10 +40,15 @@ class _Plan:
     """Timed steps per variant per round."""
 
 
-def _plan(quick: bool) -> _Plan:
-    if quick:
+def _plan(quick: bool, size: str | None = None) -> _Plan:
+    """Quick: tiny; full: small. ``size`` measures another model size at its own default batch
+    (BATCH_SIZES) on a GPU; on a CPU every size but tiny trains a batch of 8."""
+    if size is None:
+        size = "tiny" if quick else "small"
+    if size == "tiny":
         return _Plan(size="tiny", batch=16, warmup=3, rounds=5, steps=5)
-    return _Plan(size="small", batch=16 if torch.cuda.is_available() else 8, warmup=2, rounds=3, steps=3)
+    batch = (BATCH_SIZES[size] if size != "small" else 16) if torch.cuda.is_available() else 8
+    return _Plan(size=size, batch=batch, warmup=2, rounds=3, steps=3)
 
 
 def _device() -> torch.device:
@@ -134,14 +139,14 @@ WAVE_ATTENTIONS = {
 
 
 @benchmark
-def wave_vs_standard(quick: bool = False) -> dict[str, Any]:
+def wave_vs_standard(quick: bool = False, size: str | None = None) -> dict[str, Any]:
     """Training tokens/s of WaveGPT (each attention kind, AdamW and RGD) / the standard GPT with AdamW.
 
     Same d_model, layers, heads, block size, batch and CE loss on every side. ``value`` is the worst
     wave variant (the goal must hold for all); ``details`` has every ratio, including the standard GPT
     trained with RGD, which shows what RGD alone costs.
     """
-    plan = _plan(quick)
+    plan = _plan(quick, size)
     wave, standard = ABLATIONS["wave_baseline"], ABLATIONS["standard_transformer"]
     variants = {"standard+adamw": _variant(plan.size, standard), "standard+rgd": _variant(
         plan.size, standard, optimizer="rgd", lr=ABLATIONS["rgd_only"].lr)}
@@ -160,7 +165,7 @@ def wave_vs_standard(quick: bool = False) -> dict[str, Any]:
 
 
 @benchmark
-def compile_speedup(quick: bool = False) -> dict[str, Any]:
+def compile_speedup(quick: bool = False, size: str | None = None) -> dict[str, Any]:
     """Training tokens/s of WaveGPT under ``--compile`` (TorchInductor) / the same model eager.
 
     The wave model's step is many small elementwise wave terms; fusing them is what compilation is
@@ -168,7 +173,7 @@ def compile_speedup(quick: bool = False) -> dict[str, Any]:
     the same way alongside, and ``wave_vs_standard_compiled`` is wave_vs_standard with both compiled.
     Compilation happens in the warm-up steps; its seconds are reported, not timed as training.
     """
-    plan = _plan(quick)
+    plan = _plan(quick, size)
     models = {"wave": _variant(plan.size, ABLATIONS["wave_baseline"]),
               "standard": _variant(plan.size, ABLATIONS["standard_transformer"])}
     variants = {f"{model}{suffix}": variant for model, variant in models.items() for suffix in ("", "@compile")}
@@ -203,14 +208,15 @@ def _attention_seconds_per_token(cfg: ModelConfig, seq_len: int, batch: int, rep
 
 
 @benchmark
-def linear_attention_scaling(quick: bool = False) -> dict[str, Any]:
+def linear_attention_scaling(quick: bool = False, size: str | None = None) -> dict[str, Any]:
     """Per-token time of linear pure-wave attention at T=2048 / at T=256 (quadratic mode alongside).
 
     Times the attention module alone (forward + backward, train mode), not the whole model: the
     embedding, MLP and head cost the same per token at any T and would only dilute the ratio. Both
     lengths see the same 2048 tokens (batch 8 x 256, batch 1 x 2048).
     """
-    size, reps, tokens, (short, long) = ("tiny" if quick else "small"), (5 if quick else 10), 2048, (256, 2048)
+    size = size or ("tiny" if quick else "small")
+    reps, tokens, (short, long) = (5 if quick else 10), 2048, (256, 2048)
     per_token: dict[str, dict[int, float]] = {}
     for mode in ("linear", "quadratic"):
         cfg = model_config_for(size, "pure_wave_linear" if mode == "linear" else "pure_wave")
@@ -262,7 +268,7 @@ def _peak_flops(quick: bool) -> tuple[float, str, float]:
 
 
 @benchmark
-def mfu(quick: bool = False) -> dict[str, Any]:
+def mfu(quick: bool = False, size: str | None = None) -> dict[str, Any]:
     """Model FLOPs utilisation of WaveGPT (wave_baseline) and the standard GPT: achieved / peak FLOP/s.
 
     Achieved = training tokens/s x the analytic matmul FLOPs per token of spectral_gpt/flops.py
@@ -270,7 +276,7 @@ def mfu(quick: bool = False) -> dict[str, Any]:
     bf16 peak on a known GPU. ``value`` is the wave model's MFU, ``baseline`` the standard GPT's, both
     training in bf16 autocast on a GPU (float32 alongside, ``NAME@fp32``) and in float32 on a CPU.
     """
-    plan = _plan(quick)
+    plan = _plan(quick, size)
     variants = {"wave_baseline": _variant(plan.size, ABLATIONS["wave_baseline"]),
                 "standard_transformer": _variant(plan.size, ABLATIONS["standard_transformer"])}
     precisions = dict.fromkeys(variants, _precision())
