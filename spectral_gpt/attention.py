@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from spectral_gpt.config import ModelConfig
+from spectral_gpt.dropout import dropout_with_mask
 
 
 def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -118,10 +119,9 @@ class _PureWaveWeights(torch.autograd.Function):
     step and keeps four of them for the backward; on CPUs, where the allocation of such a tensor costs
     more than the arithmetic on it, that dominated pure-wave attention. Here the scores are masked
     and passed through the kernel in place, and the backward keeps only the kernel output, the
-    dropped-out weights and the dropout mask. ``torch.native_dropout`` draws the mask ``F.dropout``
-    would draw (F.dropout is native_dropout on CUDA; on CPUs both draw one Bernoulli tensor of the
-    same shape from the global generator), so a run sees exactly the dropout of the plain expression;
-    tests/test_attention.py checks outputs and gradients against it with dropout on.
+    dropped-out weights and the dropout mask. The mask is the models' own
+    (:func:`spectral_gpt.dropout.dropout_with_mask`), so tests/test_attention.py can check outputs
+    and gradients against the plain expression with dropout on, drawing the same mask.
     """
 
     @staticmethod
@@ -137,7 +137,7 @@ class _PureWaveWeights(torch.autograd.Function):
         kernel_out = _KERNELS_INPLACE[kernel](scores.masked_fill_(future, float("-inf")))
         weights, keep = kernel_out, None
         if dropout > 0.0:
-            weights, keep = torch.native_dropout(kernel_out, dropout, True)
+            weights, keep = dropout_with_mask(kernel_out, dropout)
         ctx.kernel, ctx.dropout = kernel, dropout
         ctx.save_for_backward(q, k, v, kernel_out, weights, keep)
         return weights @ v

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from spectral_gpt.config import ModelConfig
+from spectral_gpt.dropout import Dropout
 
 TWO_PI = 2.0 * math.pi
 
@@ -133,7 +134,7 @@ class StandardEmbedding(nn.Module):
         super().__init__()
         self.token = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.position = nn.Embedding(cfg.block_size, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Embed ids (B,T) -> (B,T,d); T must not exceed block_size (the position table's size)."""

@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from spectral_gpt.attention import CausalSelfAttention, InterferenceAttention, build_attention
 from spectral_gpt.config import ConfigError, ModelConfig, model_config_for
+from spectral_gpt.dropout import Dropout
 from spectral_gpt.embedding import StandardEmbedding, build_wave_embedding
 
 
@@ -29,7 +30,7 @@ class StandardMLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,T,d) -> (B,T,d)."""

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from spectral_gpt.attention import (
     KERNELS,
@@ -17,6 +16,7 @@ from spectral_gpt.attention import (
     causal_linear_attention,
 )
 from spectral_gpt.config import ModelConfig
+from spectral_gpt.dropout import dropout_with_mask
 
 B, T = 2, 37  # T deliberately not a multiple of any chunk size used below
 
@@ -107,13 +107,14 @@ def test_quadratic_mode_matches_spec_formula(kernel: str) -> None:
 
 def reference_quadratic(attn: PureWaveAttention, x: torch.Tensor) -> torch.Tensor:
     """Spec 1.4b as one plain autograd expression (the module's original code): every step on the full
-    (B,h,T,T) matrix, dropout drawn by ``F.dropout`` on the scaled weights."""
+    (B,h,T,T) matrix, the models' dropout drawn on the scaled weights."""
     q, k, v = reference_wave_states(attn, x)
     t = x.size(1)
     scores = (q @ k.transpose(-1, -2)) * attn.head_scale.view(1, -1, 1, 1)
     scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
     weights = KERNELS[attn.kernel_name](scores) / torch.arange(1, t + 1).sqrt()[:, None]
-    weights = F.dropout(weights, attn.dropout, attn.training)
+    if attn.training and attn.dropout > 0:
+        weights = dropout_with_mask(weights, attn.dropout)[0]
     return attn.o_proj(merge_heads(weights @ v))
 
 
