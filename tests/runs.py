@@ -1,4 +1,5 @@
-"""Settings and readers shared by the tests that train real runs (tests/test_run.py, the multi-node test)."""
+"""Settings, readers and process clean-up shared by the tests that train real runs (tests/test_run.py, the
+multi-node test) or start Ray clusters of their own (tests/test_job_submit.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from orchestrator.monitoring import CheckpointManager
 from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
 
-TWO_WORKER_STEPS = 60
+TWO_WORKER_STEPS = 40
 """Length of the 2-worker runs that are compared, step for step, with the session's uninterrupted one."""
 
 
@@ -30,6 +31,18 @@ def run_settings(output: Path, cache: str, name: str, *, workers: int = 1, steps
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     """The model weights of a run's newest checkpoint."""
     return CheckpointManager(run_dir).load_latest_checkpoint()["state"]["model"]
+
+
+def session_pids(session: int) -> list[int]:
+    """Processes of a session (from /proc): Ray's daemons and workers keep the session of their starter."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
 
 
 def kill_until_gone(find_pids: Callable[[], list[int]], seconds: float = 20.0) -> list[int]:

@@ -155,7 +155,7 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     Both runs also carry secret-looking variables and a ``--runtime-env`` with one more (see
     test_secrets.py): none may reach the run folder or the console, and the runtime env must reach Ray.
     """
-    out, name, steps = tmp_path / "out", "driverkill", 200
+    out, name, steps = tmp_path / "out", "driverkill", 80  # the kill lands ~10 steps past the first checkpoint
     runtime_env, runtime_secret = secret_runtime_env(tmp_path)
     secrets = secret_environment()
     cmd = [str(SCRIPT), "train", "--steps", str(steps), "--checkpoint-interval", "20", "--eval-interval", "20",

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from runs import final_weights, kill_until_gone, run_settings
+from runs import final_weights, kill_until_gone, run_settings, session_pids
 
 from orchestrator.monitoring import MetricsLogger
 
@@ -28,21 +28,9 @@ FAST_NODE_DEATH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failur
 the same recovery path, sooner (README, "Resume and fault tolerance", has both timings)."""
 
 
-def _session_pids(session: int) -> list[int]:
-    """Processes of a session: Ray's processes, workers included, keep the session of their starter."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def _stop_session(session: int) -> list[int]:
     """SIGKILL whatever of the scenario's session outlived it; returns what still runs after 20 s."""
-    return kill_until_gone(lambda: _session_pids(session))
+    return kill_until_gone(lambda: session_pids(session))
 
 
 def _run_scenario(tmp_path: Path, token_cache: str) -> dict:
