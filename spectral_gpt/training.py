@@ -87,7 +87,7 @@ class TrainState:
     ``forward_module`` is what the step calls: the model itself, or a DDP wrapper around it set by
     the Ray worker, under ``torch.compile`` when the run asks for it. Checkpoints always hold the
     unwrapped model, so no ``module.`` or ``_orig_mod.`` prefix mismatch can occur on load (spec B12),
-    and a run may be resumed with or without compilation.
+    and a compiled run's checkpoint loads into an eager state.
     """
 
     def __init__(self, spec: RunSpec, device: torch.device | str = "cpu") -> None:

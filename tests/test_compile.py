@@ -74,7 +74,7 @@ def test_a_compiled_run_resumes_exactly_and_its_checkpoint_loads_eagerly():
     assert all(torch.allclose(w, expected[k], rtol=0, atol=1e-6) for k, w in resumed.model.state_dict().items())
 
     eager = TrainState(dataclasses.replace(spec, train=dataclasses.replace(spec.train, compile=None)))
-    eager.load_state_dict(saved)  # compilation is a train setting: a run may drop it when resumed
+    eager.load_state_dict(saved)  # the checkpoint holds the plain model: it loads without compilation
     assert eager.step == 2 and train_steps(eager, _batch, 1)[0].step == 2
 
 
