@@ -108,6 +108,7 @@ class RunMonitor:
         """Append metric rows; rows from an attempt that was superseded are dropped."""
         if attempt != self.attempt or not rows:
             return
+        self.progress.setdefault("attempt_first_row_at", time.time())
         self.progress.update({k: v for k, v in rows[-1].items() if _is_number(v)})
         self.telemetry.record(rows[-1])
         if self.metrics is None:

@@ -33,6 +33,13 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return CheckpointManager(run_dir).load_latest_checkpoint()["state"]["model"]
 
 
+def preemption_watchers_started(ray_temp_dir: Path | str) -> tuple[int, int]:
+    """(Train controller logs, preemption watchers they started) under a Ray temp dir's sessions."""
+    logs = list(Path(ray_temp_dir).glob("**/logs/train/ray-train-sys-controller-*.log"))
+    return len(logs), sum(log.read_text(errors="replace").count("PreemptionCallback: started watcher")
+                          for log in logs)
+
+
 def session_pids(session: int) -> list[int]:
     """Processes of a session (from /proc): Ray's daemons and workers keep the session of their starter."""
     pids = []

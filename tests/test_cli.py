@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from runs import preemption_watchers_started
 from test_secrets import assert_no_secret, secret_environment, secret_runtime_env
 
 from orchestrator.cli import build_parser, main, settings_from_args
@@ -68,6 +69,7 @@ def _env(cache: str, ray_tmp: Path, **extra: str) -> dict[str, str]:
     """The test's environment plus a private cache and Ray dir; never join a cluster from outside."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)  # the CLI's own default, not the test session's
     env.update(SPECTRAL_GPT_CACHE=cache, RAY_TMPDIR=str(ray_tmp), COLUMNS="200")
     env.update(extra)
     return env
@@ -181,6 +183,8 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     # Ray workers sit in their own groups of the same session; they exit once their raylet is gone.
     assert _wait_until_gone(60, sid=first.pid) == [], "Ray processes outlived the killed driver"
 
+    # A private local instance has no drained cloud nodes: no preemption watcher process per group.
+    assert preemption_watchers_started(ray_tmp)[0] >= 1 and preemption_watchers_started(ray_tmp)[1] == 0
     runs = list(out.iterdir())
     assert len(runs) == 1 and runs[0].name.startswith(f"{name}_"), runs
     run_dir = runs[0]

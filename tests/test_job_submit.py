@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from runs import kill_until_gone, session_pids
+from runs import kill_until_gone, preemption_watchers_started, session_pids
 
 BIN = Path(sys.executable).parent
 STEPS = 100
@@ -53,11 +53,14 @@ def _cluster_pids(temp_dir: str, session: int) -> list[int]:
 
 @pytest.fixture
 def head_node():
-    """A `ray start --head` cluster on loopback, token auth on; yields (dashboard, metrics) addresses."""
+    """A `ray start --head` cluster on loopback, token auth on.
+
+    Yields its dashboard and metrics addresses and its temp dir (where its logs are)."""
     temp_dir = tempfile.mkdtemp(prefix="sgray-", dir="/tmp")  # short: AF_UNIX paths are limited
     gcs, dashboard, metrics, agent, agent_grpc = (_free_port() for _ in range(5))
     # Export metrics every second instead of every 10 s, so the test sees them while the job runs.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_metrics_report_interval_ms": "1000"}
+    env.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)  # a cluster as `ray start` makes it
     start = subprocess.Popen([str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--dashboard-host=127.0.0.1",
                               f"--dashboard-port={dashboard}", f"--metrics-export-port={metrics}", "--num-cpus=2",
                               # Not the default agent ports: the test session's own Ray instance may hold them.
@@ -67,7 +70,7 @@ def head_node():
     try:
         started = start.communicate(timeout=120)[0].decode(errors="replace")
         assert start.returncode == 0, f"ray start failed:\n{started[-3000:]}"
-        yield f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics"
+        yield f"http://127.0.0.1:{dashboard}", f"http://127.0.0.1:{metrics}/metrics", temp_dir
     finally:
         start.kill()  # only if `ray start` itself hung
         leftover = kill_until_gone(lambda: _cluster_pids(temp_dir, start.pid))
@@ -97,7 +100,7 @@ def _our_series(metrics_url: str) -> list[str]:
 
 
 def test_ray_job_submit_runs_train_and_exports_dashboard_metrics(head_node, token_cache, tmp_path):
-    dashboard, metrics_url = head_node
+    dashboard, metrics_url, temp_dir = head_node
     output = tmp_path / "runs"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": dashboard}
     runtime_env = {"env_vars": {"SPECTRAL_GPT_CACHE": token_cache}}
@@ -125,3 +128,5 @@ def test_ray_job_submit_runs_train_and_exports_dashboard_metrics(head_node, toke
     names = {line.split("{")[0] for line in series}
     assert {"ray_spectral_gpt_loss", "ray_spectral_gpt_step", "ray_spectral_gpt_tokens_per_sec"} <= names, series
     assert all(f'run="{runs[0].name}"' in line for line in series)
+    # On a cluster Train keeps watching for drained (preempted) nodes; only a private local instance skips it.
+    assert preemption_watchers_started(temp_dir)[1] >= 1
