@@ -15,7 +15,13 @@ import torch
 
 from benchmarks.common import benchmark, result
 from orchestrator.run import connect_ray, run_training
-from orchestrator.settings import MonitoringSettings, ScalingSettings, build_run_settings
+from orchestrator.settings import (
+    MonitoringSettings,
+    ScalingSettings,
+    build_run_settings,
+    default_cpus_per_worker,
+    usable_cpus,
+)
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
 from spectral_gpt.training import TrainState, evaluate, train_step
 
@@ -43,11 +49,12 @@ def orchestration_overhead(quick: bool = False) -> dict[str, Any]:
     On a machine with a GPU both sides train on it (the run with ``--gpu``: one worker, NCCL).
     """
     steps = 200 if quick else 1000
+    threads = default_cpus_per_worker(usable_cpus(), 1)  # what `spectral-gpt train` gives its one worker
     with tempfile.TemporaryDirectory() as out:
         settings = build_run_settings(steps=steps, output=out, name="overhead", resume="never",
                                       monitoring=MonitoringSettings(checkpoint_interval=250, viz_interval=500),
-                                      scaling=ScalingSettings(use_gpu=torch.cuda.is_available()))
-        threads = 1  # a Ray Train worker with one CPU runs torch on one thread (OMP_NUM_THREADS=1)
+                                      scaling=ScalingSettings(use_gpu=torch.cuda.is_available(),
+                                                              cpus_per_worker=threads))
         bare = _bare_loop_tokens_per_sec(settings, threads)
         outcome = run_training(settings)
     ours = outcome.final_metrics["tokens_per_second"]

@@ -63,6 +63,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, steps_default: int) ->
                                              "step compiles for tens of seconds); MODE: "
                                              f"{', '.join(COMPILE_MODES)} (default: default)")
     parser.add_argument("--workers", type=_positive_int, default=1, help="Ray Train workers (DDP)")
+    parser.add_argument("--cpus-per-worker", type=_positive_int, default=None, metavar="N",
+                        help="CPUs (torch threads) per worker (default for train on this machine: all cores but "
+                             "one, shared by the workers; 1 per worker in sweeps and on clusters)")
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--gpu", dest="gpu", action="store_true", help="one GPU per worker (NCCL)")
     device.add_argument("--cpu", dest="gpu", action="store_false", help="CPU workers (gloo), the default")
@@ -95,7 +98,8 @@ def settings_from_args(args: argparse.Namespace, ablation: str, name: str | None
         monitoring=MonitoringSettings(enabled=not args.no_monitoring,
                                       checkpoint_interval=args.checkpoint_interval, keep_last=args.keep_last,
                                       log_interval=args.log_interval, viz_interval=args.viz_interval),
-        scaling=ScalingSettings(workers=args.workers, use_gpu=args.gpu, max_failures=args.max_failures),
+        scaling=ScalingSettings(workers=args.workers, use_gpu=args.gpu, max_failures=args.max_failures,
+                                cpus_per_worker=args.cpus_per_worker),
         **overrides)
 
 

@@ -27,7 +27,13 @@ from ray.train.torch import TorchTrainer
 from orchestrator.config_file import current_runtime_env
 from orchestrator.monitor import start_monitor
 from orchestrator.monitoring import create_experiment_directory, generate_experiment_id
-from orchestrator.settings import MonitoringSettings, RunSettings, build_run_settings, check_folders
+from orchestrator.settings import (
+    MonitoringSettings,
+    RunSettings,
+    build_run_settings,
+    check_folders,
+    default_cpus_per_worker,
+)
 from orchestrator.storage import claim_run_location, is_uri, list_run_folders, ray_train_storage
 from orchestrator.worker import train_loop_per_worker
 from spectral_gpt.config import ConfigError
@@ -191,6 +197,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def with_worker_cpus(settings: RunSettings) -> RunSettings:
+    """``settings`` with the CPUs per worker decided where the user left them to us: CPU workers on a
+    local instance share its cores but one (:func:`default_cpus_per_worker`); elsewhere Ray decides."""
+    scaling = settings.scaling
+    if scaling.cpus_per_worker is not None or scaling.use_gpu or os.environ.get("RAY_ADDRESS"):
+        return settings
+    nodes = [node for node in ray.nodes() if node["Alive"]]
+    if len(nodes) != 1:  # a cluster joined from Python: its nodes differ, so Ray's default of 1 CPU
+        return settings
+    per_worker = default_cpus_per_worker(int(nodes[0]["Resources"].get("CPU", 1)), scaling.workers)
+    return dataclasses.replace(settings, scaling=dataclasses.replace(scaling, cpus_per_worker=per_worker))
+
+
 def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], None] | None = None,
                  poll_seconds: float = 0.5, *, run_dir: Path | None = None, report_to_ray: bool = False,
                  callbacks: list[Any] | None = None) -> RunOutcome:
@@ -207,14 +226,17 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
     else:
         run_dir = Path(create_experiment_directory(run_dir.parent, run_dir.name)["root"])
     connect_ray()
+    settings = with_worker_cpus(settings)
     monitor = start_monitor(str(run_dir) if run_dir else None, settings.to_dict(), dataset.info())
     storage, storage_fs = (ray_train_storage(str(run_dir)) if run_dir
                            else (tempfile.mkdtemp(prefix="spectral-gpt-"), None))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"settings": settings.to_dict(), "monitor": monitor, "report": report_to_ray},
-        scaling_config=ray.train.ScalingConfig(num_workers=settings.scaling.workers,
-                                               use_gpu=settings.scaling.use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=settings.scaling.workers, use_gpu=settings.scaling.use_gpu,
+            resources_per_worker=(None if settings.scaling.cpus_per_worker is None
+                                  else {"CPU": settings.scaling.cpus_per_worker})),
         run_config=ray.train.RunConfig(
             # A fresh Ray run per invocation: resume state comes from our checkpoints, never Ray's.
             name=f"invocation_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}",

@@ -68,18 +68,42 @@ class MonitoringSettings:
             require_int(name, getattr(self, name))
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS has one, as in a container or taskset)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_cpus_per_worker(cpus: int, workers: int) -> int:
+    """The CPUs each CPU worker takes when not told, on a local Ray instance of ``cpus`` CPUs.
+
+    Ray Train gives a worker one CPU, and Ray sets its torch thread count from it; on an 8-core
+    laptop one worker would train on one core. Here the workers share every core but one, which is
+    left to the driver, Ray's own processes and the monitoring actor (plots take seconds of CPU), so
+    they never preempt a compute thread that the others in a parallel kernel wait for.
+    """
+    return max(1, (cpus - 1) // workers)
+
+
 @dataclass(frozen=True)
 class ScalingSettings:
-    """How many Ray Train workers run the model and how often a failed group is restarted."""
+    """How many Ray Train workers run the model, on how many cores, and how often a failed group restarts."""
 
     workers: int = 1
     use_gpu: bool = False
     max_failures: int = 3
     """Worker-group restarts Ray may make before the run fails (``FailureConfig(max_failures)``)."""
+    cpus_per_worker: int | None = None
+    """CPUs each worker holds (``resources_per_worker``), which Ray also makes its torch thread count.
+    ``None``: :func:`default_cpus_per_worker` for CPU workers on a local Ray instance (decided by the
+    driver once Ray is up), else Ray Train's own default (1 CPU, or none beside a GPU)."""
 
     def __post_init__(self) -> None:
         require_int("workers", self.workers)
         require_int("max_failures", self.max_failures, minimum=-1)
+        if self.cpus_per_worker is not None:
+            require_int("cpus_per_worker", self.cpus_per_worker)
 
 
 @dataclass(frozen=True)
@@ -155,6 +179,7 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
         raise ConfigError(f"--workers {scaling.workers} with --gpu needs {scaling.workers} GPUs (one per worker), "
                           f"but this machine has {torch.cuda.device_count()}; use --workers "
                           f"{torch.cuda.device_count()} or fewer, or submit to a larger cluster (RAY_ADDRESS)")
+    _require_local_cpus(scaling)
     train = TrainConfig(steps=steps, seed=seed, batch_size=BATCH_SIZES[size] if batch_size is None else batch_size,
                         precision=precision, compile=compile_mode,
                         eval_interval=(min(250, monitoring.checkpoint_interval, steps) if eval_interval is None
@@ -165,6 +190,19 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
         data=DataSettings(dataset=dataset, vocab_size=vocab_size,
                           cache_dir=os.path.abspath(cache_dir) if cache_dir else default_cache_dir()),
         monitoring=monitoring, scaling=scaling, resume=resume)
+
+
+def _require_local_cpus(scaling: ScalingSettings) -> None:
+    """Refuse CPU workers that a private local instance cannot hold: their placement group would wait
+    forever. A cluster (RAY_ADDRESS) may grow, so it is left to wait."""
+    if scaling.use_gpu or os.environ.get("RAY_ADDRESS"):
+        return
+    per_worker, have = scaling.cpus_per_worker or 1, usable_cpus()
+    if scaling.workers * per_worker > have:
+        asked = (f"--workers {scaling.workers} x --cpus-per-worker {per_worker}" if scaling.cpus_per_worker
+                 else f"--workers {scaling.workers}")
+        raise ConfigError(f"{asked} needs {scaling.workers * per_worker} CPUs but this machine has {have}; "
+                          "ask for fewer, or submit to a larger cluster (RAY_ADDRESS)")
 
 
 def check_folders(settings: RunSettings) -> None:

@@ -33,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
 from orchestrator.run import connect_ray, prepare_data, run_training
-from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings
+from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings, usable_cpus
 from orchestrator.storage import is_uri
 from orchestrator.summary import (
     SWEEP_FILE,
@@ -135,13 +135,14 @@ def trial_name(ablation: str, seed: int, several_seeds: bool) -> str:
     return f"{ablation}_seed{seed}" if several_seeds else ablation
 
 
-def local_capacity(run: RunSettings) -> tuple[int, str] | None:
-    """(CPUs or GPUs this machine has, which), or None on a cluster joined through RAY_ADDRESS."""
+def local_capacity(run: RunSettings) -> tuple[int, int, str] | None:
+    """(CPUs or GPUs this machine has, how many of them one trial holds, which), or None on a cluster
+    joined through RAY_ADDRESS."""
     if os.environ.get("RAY_ADDRESS"):
         return None
     if run.scaling.use_gpu:
-        return torch.cuda.device_count(), "GPU"
-    return len(os.sched_getaffinity(0)), "CPU"
+        return torch.cuda.device_count(), run.scaling.workers, "GPU"
+    return usable_cpus(), run.scaling.workers * (run.scaling.cpus_per_worker or 1), "CPU"
 
 
 def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, int, str], RunSettings], *,
@@ -161,20 +162,17 @@ def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, in
         raise ConfigError(f"seeds={seeds!r} must be an integer >= 1")
     seed_values = [seed + i for i in range(seeds)]
     runs = tuple(make_run(a, s, trial_name(a, s, seeds > 1)) for a in ablations for s in seed_values)
-    workers = runs[0].scaling.workers
     capacity = local_capacity(runs[0])
-    if capacity is not None:
-        have, unit = capacity
-        fits = have // workers
-        if fits < 1:
-            raise ConfigError(f"one trial needs {workers} {unit}s (--workers {workers}) but this machine has "
-                              f"{have}; lower --workers")
+    fits = None
+    if capacity is not None:  # one trial always fits: build_run_settings refused more than the machine has
+        have, per_trial, unit = capacity
+        fits = have // per_trial
         if max_concurrent is not None and max_concurrent > fits:
-            raise ConfigError(f"max_concurrent={max_concurrent} needs {max_concurrent * workers} {unit}s "
-                              f"({workers} per trial) but this machine has {have}; use --max-concurrent {fits} "
+            raise ConfigError(f"max_concurrent={max_concurrent} needs {max_concurrent * per_trial} {unit}s "
+                              f"({per_trial} per trial) but this machine has {have}; use --max-concurrent {fits} "
                               "or less")
     if max_concurrent is None:
-        max_concurrent = len(runs) if capacity is None else min(len(runs), capacity[0] // workers)
+        max_concurrent = len(runs) if fits is None else min(len(runs), fits)
     return SweepSettings(name=name, output=os.path.abspath(os.fspath(output)), runs=runs,
                          max_concurrent=max_concurrent, scheduler=scheduler, trial_retries=trial_retries,
                          resume=resume)

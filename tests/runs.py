@@ -18,14 +18,15 @@ TWO_WORKER_STEPS = 40
 """Length of the 2-worker runs that are compared, step for step, with the session's uninterrupted one."""
 
 
-def run_settings(output: Path, cache: str, name: str, *, workers: int = 1, steps: int = 60, **kw) -> RunSettings:
+def run_settings(output: Path, cache: str, name: str, *, workers: int = 1, steps: int = 60,
+                 cpus_per_worker: int | None = None, **kw) -> RunSettings:
     """A tiny run on the offline corpus: checkpoints every 10 steps, a row every step, validation every 20."""
     return build_run_settings(
         ablation=kw.pop("ablation", "wave_baseline"), steps=steps, batch_size=8, name=name,
         output=Path(output) / name, cache_dir=cache, eval_interval=20,
         monitoring=kw.pop("monitoring", MonitoringSettings(checkpoint_interval=10, log_interval=1,
                                                            viz_interval=1000)),
-        scaling=ScalingSettings(workers=workers, max_failures=2), **kw)
+        scaling=ScalingSettings(workers=workers, max_failures=2, cpus_per_worker=cpus_per_worker), **kw)
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from test_secrets import assert_no_secret, secret_environment, secret_runtime_en
 
 from orchestrator.cli import build_parser, main, settings_from_args
 from orchestrator.monitoring import MetricsLogger
+from orchestrator.settings import default_cpus_per_worker, usable_cpus
 from orchestrator.sweep_cli import sweep_settings_from_args
 
 CLI = [sys.executable, "-m", "orchestrator.cli"]
@@ -237,6 +238,23 @@ def test_no_monitoring_trains_and_writes_nothing(tmp_path, token_cache, ray_tmp,
     assert not list(scratch.glob("spectral-gpt-*")), "the temporary Ray storage was left behind"
     assert not (tmp_path / "experiments").exists()  # nor the default output folder in the cwd
     assert _wait_until_gone(60, sid=proc.pid) == [], "Ray processes outlived a finished driver"
+
+
+def test_cpus_per_worker_is_trains_to_decide_and_one_per_sweep_worker_unless_given():
+    """``train`` leaves it to the driver (the local instance's cores but one), a sweep gives each
+    CPU worker one unless told, and a sweep fits as many trials as the machine holds at that size."""
+    parser = build_parser()
+    args = parser.parse_args(["train"])
+    assert settings_from_args(args, args.experiment, args.name).scaling.cpus_per_worker is None
+    args = parser.parse_args(["train", "--cpus-per-worker", "2"])
+    assert settings_from_args(args, args.experiment, args.name).scaling.cpus_per_worker == 2
+    grid = ["ablate", "--experiment", "rgd_only", "qfe_only"]
+    assert {run.scaling.cpus_per_worker for run in sweep_settings_from_args(parser.parse_args(grid)).runs} == {1}
+    sweep = sweep_settings_from_args(parser.parse_args([*grid, "--cpus-per-worker", "2"]))
+    assert {run.scaling.cpus_per_worker for run in sweep.runs} == {2}
+    assert sweep.max_concurrent == min(2, usable_cpus() // 2)
+    assert [default_cpus_per_worker(cpus, workers) for cpus, workers in [(8, 1), (8, 2), (2, 1), (2, 2), (1, 1)]] \
+        == [7, 3, 1, 1, 1]
 
 
 def test_precision_and_compile_reach_every_runs_train_config():

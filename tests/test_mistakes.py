@@ -112,6 +112,11 @@ CLI_MISTAKES = [
                  id="checkpoint-interval-0"),
     pytest.param(["--log-interval", "-1"], "argument --log-interval: '-1' must be >= 1", id="log-interval-neg"),
     pytest.param(["--workers", "0"], "argument --workers: '0' must be >= 1", id="workers-0"),
+    pytest.param(["--cpus-per-worker", "0"], "argument --cpus-per-worker: '0' must be >= 1", id="cpus-0"),
+    pytest.param(["--cpus-per-worker", "100000"], "--workers 1 x --cpus-per-worker 100000 needs 100000 CPUs "
+                 "but this machine has", id="cpus-more-than-the-machine"),
+    pytest.param(["--workers", "100000", "--batch-size", "100000"], "--workers 100000 needs 100000 CPUs but this "
+                 "machine has", id="workers-more-than-the-machine"),
     pytest.param(["--resume", "maybe"], "argument --resume: invalid choice: 'maybe'", id="resume-maybe"),
     pytest.param(["--compile", "fast"], "argument --compile: invalid choice: 'fast'", id="compile-fast"),
     pytest.param(["--seed", "-1"], "seed=-1 must be an integer >= 0", id="seed-negative"),
@@ -287,7 +292,8 @@ def test_the_tripwire_stops_a_valid_run_at_ray(workdir, token_cache, no_ray):
     (lambda: MonitoringSettings(viz_interval=2.5), "viz_interval=2.5 must be an integer >= 1"),
     (lambda: ScalingSettings(workers=0), "workers=0 must be an integer >= 1"),
     (lambda: ScalingSettings(max_failures=-2), "max_failures=-2 must be an integer >= -1"),
-], ids=["keep-last-0", "viz-interval-float", "workers-0", "max-failures-neg"])
+    (lambda: ScalingSettings(cpus_per_worker=0), "cpus_per_worker=0 must be an integer >= 1"),
+], ids=["keep-last-0", "viz-interval-float", "workers-0", "max-failures-neg", "cpus-per-worker-0"])
 def test_settings_objects_refuse_bad_values_naming_them(make, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         make()

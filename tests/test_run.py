@@ -15,7 +15,7 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
 from orchestrator.run import resolve_run_dir, run_training, train_experiment
-from orchestrator.settings import MonitoringSettings
+from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from spectral_gpt.config import ConfigError
 
 
@@ -90,8 +90,8 @@ def test_a_killed_monitoring_actor_is_restarted_and_training_goes_on(ray_session
 
 
 def test_run_writes_the_seed_layout_and_a_completed_result(ray_session, token_cache, tmp_path):
-    settings = run_settings(tmp_path, token_cache, "layout", ablation="full_physics", steps=30,
-                         monitoring=MonitoringSettings(checkpoint_interval=10, log_interval=5, viz_interval=15))
+    settings = run_settings(tmp_path, token_cache, "layout", ablation="full_physics", steps=30, cpus_per_worker=2,
+                            monitoring=MonitoringSettings(checkpoint_interval=10, log_interval=5, viz_interval=15))
     outcome = run_training(settings)
     assert outcome.status == "completed", outcome.error
     run_dir = outcome.run_dir
@@ -99,6 +99,7 @@ def test_run_writes_the_seed_layout_and_a_completed_result(ray_session, token_ca
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed"
     assert results["final_metrics"]["total_steps"] == 30
+    assert results["final_metrics"]["torch_threads"] == 2, "the worker's 2 CPUs did not become torch threads"
     assert Path(results["best_checkpoint"]).is_file()
     assert results["generation_samples"][0].startswith("The theory of quantum mechanics suggests")
     config = json.loads((run_dir / "config.json").read_text())
@@ -120,6 +121,8 @@ def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_c
     assert outcome.status == "completed", outcome.error
     assert outcome.run_dir is None
     assert outcome.final_metrics["total_steps"] == 20
+    # The worker's CPUs were left to the driver: all of the session instance's 2 but one.
+    assert outcome.final_metrics["torch_threads"] == default_cpus_per_worker(2, 1) == 1
     assert outcome.generation_samples and outcome.final_metrics["val_loss"] > 0
     assert not (tmp_path / "quiet").exists()
 
