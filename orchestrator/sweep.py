@@ -145,6 +145,14 @@ def local_capacity(run: RunSettings) -> tuple[int, int, str] | None:
     return usable_cpus(), run.scaling.workers * (run.scaling.cpus_per_worker or 1), "CPU"
 
 
+def _one_cpu_unless_told(run: RunSettings) -> RunSettings:
+    """Trials share the machine, so a CPU worker of a sweep holds one CPU unless the user said more:
+    here the concurrency of trials is the parallelism (a single run gets the cores instead)."""
+    if run.scaling.use_gpu or run.scaling.cpus_per_worker is not None:
+        return run
+    return dataclasses.replace(run, scaling=dataclasses.replace(run.scaling, cpus_per_worker=1))
+
+
 def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, int, str], RunSettings], *,
                          seed: int, seeds: int = 1, name: str = "ablations", output: str | os.PathLike = "experiments",
                          max_concurrent: int | None = None, scheduler: str = "none", trial_retries: int = 2,
@@ -161,7 +169,8 @@ def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, in
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r} must be an integer >= 1")
     seed_values = [seed + i for i in range(seeds)]
-    runs = tuple(make_run(a, s, trial_name(a, s, seeds > 1)) for a in ablations for s in seed_values)
+    runs = tuple(_one_cpu_unless_told(make_run(a, s, trial_name(a, s, seeds > 1)))
+                 for a in ablations for s in seed_values)
     capacity = local_capacity(runs[0])
     fits = None
     if capacity is not None:  # one trial always fits: build_run_settings refused more than the machine has

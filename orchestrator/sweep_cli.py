@@ -84,10 +84,7 @@ def sweep_settings_from_args(args: argparse.Namespace) -> SweepSettings:
     from orchestrator.sweep import build_sweep_settings  # imports ray; kept off the --help path
 
     def make_run(ablation: str, seed: int, name: str) -> RunSettings:
-        # Trials share the machine, so a CPU worker holds one CPU unless told: concurrency is the parallelism.
-        cpus = args.cpus_per_worker or (None if args.gpu else 1)
-        flags = {**vars(args), "seed": seed, "cpus_per_worker": cpus}
-        return settings_from_args(argparse.Namespace(**flags), ablation, name)
+        return settings_from_args(argparse.Namespace(**{**vars(args), "seed": seed}), ablation, name)
 
     if args.no_monitoring:
         raise ConfigError("a sweep needs monitoring (its summary and its restore read every run's files); "

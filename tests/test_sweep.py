@@ -297,7 +297,7 @@ def test_a_killed_sweep_driver_is_finished_by_the_same_command(tmp_path, token_c
     (["--experiment", "wave_baseline", "nope"], "unknown ablation 'nope'; allowed: all, standard_transformer"),
     (["--seeds", "0"], "seeds=0 must be an integer >= 1"),
     (["--max-concurrent", "3"], "max_concurrent=3 needs 3 CPUs (1 per trial) but this machine has 2"),
-    (["--workers", "3", "--batch-size", "12"], "--workers 3 x --cpus-per-worker 1 needs 3 CPUs but this machine has 2"),
+    (["--workers", "3", "--batch-size", "12"], "--workers 3 needs 3 CPUs but this machine has 2"),
     (["--no-monitoring"], "a sweep needs monitoring"),
 ])
 def test_a_mistake_is_refused_before_ray_starts(flags, message, tmp_path, monkeypatch):
