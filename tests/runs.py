@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,11 +35,14 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return CheckpointManager(run_dir).load_latest_checkpoint()["state"]["model"]
 
 
-def preemption_watchers_started(ray_temp_dir: Path | str) -> tuple[int, int]:
-    """(Train controller logs, preemption watchers they started) under a Ray temp dir's sessions."""
-    logs = list(Path(ray_temp_dir).glob("**/logs/train/ray-train-sys-controller-*.log"))
-    return len(logs), sum(log.read_text(errors="replace").count("PreemptionCallback: started watcher")
-                          for log in logs)
+def actors_started(ray_temp_dir: Path | str) -> Counter[str]:
+    """How many actors of each class the Ray sessions under a temp dir started (from their worker logs)."""
+    started: Counter[str] = Counter()
+    for log in Path(ray_temp_dir).glob("**/logs/worker-*.out"):
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith(":actor_name:"):
+                started[line.removeprefix(":actor_name:").strip()] += 1
+    return started
 
 
 def session_pids(session: int) -> list[int]:

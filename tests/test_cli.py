@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runs import preemption_watchers_started
+from runs import actors_started
 from test_secrets import assert_no_secret, secret_environment, secret_runtime_env
 
 from orchestrator.cli import build_parser, main, settings_from_args
@@ -184,8 +184,10 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     # Ray workers sit in their own groups of the same session; they exit once their raylet is gone.
     assert _wait_until_gone(60, sid=first.pid) == [], "Ray processes outlived the killed driver"
 
-    # A private local instance has no drained cloud nodes: no preemption watcher process per group.
-    assert preemption_watchers_started(ray_tmp)[0] >= 1 and preemption_watchers_started(ray_tmp)[1] == 0
+    # Per worker group, no process for drained cloud nodes (a private local instance has none) and
+    # none for Ray Data (the workers read their own token files).
+    actors = actors_started(ray_tmp)
+    assert actors["RayTrainWorker"] >= 1 and actors["PreemptionWatcher"] == actors["DatasetManager"] == 0, actors
     runs = list(out.iterdir())
     assert len(runs) == 1 and runs[0].name.startswith(f"{name}_"), runs
     run_dir = runs[0]

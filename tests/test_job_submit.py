@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from runs import kill_until_gone, preemption_watchers_started, session_pids
+from runs import actors_started, kill_until_gone, session_pids
 
 BIN = Path(sys.executable).parent
 STEPS = 100
@@ -129,4 +129,5 @@ def test_ray_job_submit_runs_train_and_exports_dashboard_metrics(head_node, toke
     assert {"ray_spectral_gpt_loss", "ray_spectral_gpt_step", "ray_spectral_gpt_tokens_per_sec"} <= names, series
     assert all(f'run="{runs[0].name}"' in line for line in series)
     # On a cluster Train keeps watching for drained (preempted) nodes; only a private local instance skips it.
-    assert preemption_watchers_started(temp_dir)[1] >= 1
+    actors = actors_started(temp_dir)
+    assert actors["PreemptionWatcher"] >= 1 and actors["DatasetManager"] == 0, actors
