@@ -162,3 +162,21 @@ def test_a_restarted_monitor_keeps_the_warnings_of_its_run(tmp_path, token_cache
                                   "checkpoint at step 30 not saved (disk full)"]
     restarted.finish("completed", {"total_steps": 60})
     assert json.loads((run_dir / "results.json").read_text())["warnings"] == restarted.warnings
+
+
+def test_the_progress_stamps_each_attempts_first_row(tmp_path, token_cache):
+    """What recovery_time measures to: the first row of an attempt is stamped once, a later row keeps
+    the stamp, and the next attempt (a restarted group) stamps its own."""
+    monitor = RunMonitor(None, run_settings(tmp_path, token_cache, "stamps").to_dict(), {"train_tokens": 1})
+    row = {"loss": 4.0, "ce_loss": 4.0}
+    attempt = monitor.begin_attempt(0, {})
+    assert "attempt_first_row_at" not in monitor.get_progress()
+    before = time.time()
+    monitor.log(attempt, [{"step": 0, **row}])
+    first = monitor.get_progress()["attempt_first_row_at"]
+    monitor.log(attempt, [{"step": 1, **row}])
+    assert before <= first == monitor.get_progress()["attempt_first_row_at"]
+    attempt = monitor.begin_attempt(2, {})
+    assert "attempt_first_row_at" not in monitor.get_progress()
+    monitor.log(attempt, [{"step": 2, **row}])
+    assert monitor.get_progress()["attempt_first_row_at"] >= first
