@@ -14,7 +14,7 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import resolve_run_dir, run_training, train_experiment
+from orchestrator.run import resolve_run_dir, run_training, train_experiment, with_worker_cpus
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from spectral_gpt.config import ConfigError
 
@@ -123,6 +123,9 @@ def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_c
     assert outcome.final_metrics["total_steps"] == 20
     # The worker's CPUs were left to the driver: all of the session instance's 2 but one.
     assert outcome.final_metrics["torch_threads"] == default_cpus_per_worker(2, 1) == 1
+    undecided = run_settings(tmp_path, token_cache, "undecided")
+    assert undecided.scaling.cpus_per_worker is None
+    assert with_worker_cpus(undecided).scaling.cpus_per_worker == 1  # decided from the instance, not left to Ray
     assert outcome.generation_samples and outcome.final_metrics["val_loss"] > 0
     assert not (tmp_path / "quiet").exists()
 
