@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from spectral_gpt.attention import CausalSelfAttention, InterferenceAttention, build_attention
 from spectral_gpt.config import ConfigError, ModelConfig, model_config_for
+from spectral_gpt.cpu_math import settle_vml_dispatch
 from spectral_gpt.dropout import Dropout
 from spectral_gpt.embedding import StandardEmbedding, build_wave_embedding
 
@@ -215,7 +216,10 @@ def build_model_from_config(cfg: ModelConfig) -> nn.Module:
     """A freshly initialised model for ``cfg``: StandardGPT for model_type "standard", else WaveGPT.
 
     Init draws from the global torch RNG, so ``torch.manual_seed(s)`` right before makes it exact.
+    Every process that builds a model gets MKL's kernels settled first (:mod:`spectral_gpt.cpu_math`),
+    so its first step computes what every later one would.
     """
+    settle_vml_dispatch()
     return StandardGPT(cfg) if cfg.model_type == "standard" else WaveGPT(cfg)
 
 
