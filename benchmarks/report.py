@@ -46,6 +46,20 @@ def goal_met(res: dict[str, Any]) -> bool | None:
     return _OPS[op](figure, float(bound))
 
 
+def verdict(res: dict[str, Any]) -> str:
+    """The page's "met?" cell. A benchmark whose ratio comes from noisy repeats may give
+    ``details["ratio_interval"]`` (about ±2 standard errors); when that interval holds the bound,
+    the repeats cannot tell a met goal from a missed one, and the cell says so instead of guessing."""
+    met = goal_met(res)
+    interval = (res.get("details") or {}).get("ratio_interval")
+    match = GOAL.match(str(res.get("goal", "")))
+    if met is not None and interval and match and not match.group(3):
+        low, high = interval
+        if low < float(match.group(2)) < high:
+            return f"not settled ({fmt(low)}-{fmt(high)})"
+    return {True: "yes", False: "**no**", None: "—"}[met]
+
+
 def load_results(folder: Path) -> list[dict[str, Any]]:
     """The benchmark results in ``folder``, sorted by name; a file that is not one raises ValueError."""
     results = []
@@ -137,9 +151,8 @@ def _section(folder: str, results: list[dict[str, Any]], descriptions: dict[str,
     lines += [""] if titled else ["", "## Results", ""]
     lines += ["| benchmark | value | baseline | ratio | goal | met? |", "|---|---|---|---|---|---|"]
     for res in results:
-        met = {True: "yes", False: "**no**", None: "—"}[goal_met(res)]
         lines.append(f"| `{res['name']}` | {fmt(res['value'])} {res['unit']} | {fmt(res['baseline'])} | "
-                     f"{fmt(res['ratio'], 4)} | {res['goal']} | {met} |")
+                     f"{fmt(res['ratio'], 4)} | {res['goal']} | {verdict(res)} |")
     lines += ["", f"{sub} What each measures" + (f" ({folder})" if titled else ""), ""]
     for res in results:
         lines += [f"{sub}# `{res['name']}`", ""]

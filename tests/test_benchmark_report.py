@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from benchmarks.common import load_benchmarks, result
-from benchmarks.report import goal_met, main
+from benchmarks.orchestration import two_standard_errors
+from benchmarks.report import goal_met, main, verdict
 
 
 def _write(folder, res):
@@ -51,6 +53,23 @@ def test_page_has_one_row_per_result_with_its_goal_verdict(results_dir, tmp_path
 ])
 def test_goal_bounds_the_ratio_unless_it_names_a_unit(goal, value, ratio, met):
     assert goal_met({"goal": goal, "value": value, "ratio": ratio}) is met
+
+
+@pytest.mark.parametrize("ratio, interval, cell", [
+    (0.94, [0.88, 1.0], "not settled (0.88-1)"), (0.94, [0.92, 0.96], "**no**"), (1.0, [0.995, 1.005], "yes"),
+    (0.94, None, "**no**"),
+])
+def test_a_goal_inside_the_ratios_interval_is_not_settled(ratio, interval, cell):
+    res = result("monitoring_overhead", ratio, "tokens/s", 1.0, ">= 0.99",
+                 **({"ratio_interval": interval} if interval else {}))
+    assert verdict(res) == cell
+
+
+def test_the_interval_brackets_the_geometric_mean_and_narrows_with_agreeing_pairs():
+    wide, narrow = two_standard_errors([0.85, 0.95, 1.05]), two_standard_errors([0.94, 0.95, 0.96])
+    centre = math.exp(sum(map(math.log, [0.85, 0.95, 1.05])) / 3)
+    assert wide[0] < centre < wide[1]
+    assert wide[0] < narrow[0] < narrow[1] < wide[1]
 
 
 def test_a_folder_without_benchmark_results_is_refused(tmp_path, capsys):
