@@ -183,6 +183,21 @@ def test_rgd_with_zero_strength_is_adamw_step_for_step(foreach):
     assert rgd.state[rgd_model.fc.weight]["step"] == 20
 
 
+def test_the_adamw_ablation_takes_torchs_adamw_steps_in_its_fused_kernel():
+    exp = ABLATIONS["wave_baseline"]
+    hyper = dict(lr=exp.lr, weight_decay=exp.weight_decay)
+    ours, plain = make_model(), make_model()
+    fused = build_optimizer(ours, exp)
+    train(ours, fused, batches(20))
+    train(plain, torch.optim.AdamW(plain.parameters(), foreach=False, **hyper), batches(20))
+    moved = 0.0
+    for (name, a), b, start in zip(ours.named_parameters(), plain.parameters(), make_model().parameters(),
+                                   strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+        moved = max(moved, (a - start).abs().max().item())
+    assert moved > 1e-3  # twenty real steps, not a comparison of two untouched models
+
+
 def test_rgd_state_dict_round_trip_resumes_exactly(tmp_path):
     hyper = dict(lr=1e-2, weight_decay=0.1, resonance_strength=0.5, warmup_steps=10)
     data = batches(12)
@@ -300,7 +315,7 @@ def test_build_optimizer_and_loss_follow_the_ablation():
             assert group["resonance_strength"] == exp.rgd_strength
             assert group["warmup_steps"] == exp.rgd_warmup_steps
         else:
-            assert type(opt) is torch.optim.AdamW
+            assert type(opt) is torch.optim.AdamW and group["fused"] is True
         loss = build_loss(exp, 1024, seed=11)
         if exp.loss == "qfe":
             assert isinstance(loss, QFELoss) and loss.lambda_coherence == exp.qfe_lambda
