@@ -105,8 +105,8 @@ def monitoring_overhead(quick: bool = False) -> dict[str, Any]:
     Runs alternate in pairs (off-on, then on-off, ...), so a drift in the machine's speed falls on
     both sides of a pair; ``value``/``baseline`` are the geometric means of each side's runs, so
     their ratio is the geometric mean of the pair ratios, and ``ratio_interval`` its ±2 standard
-    errors over the pairs (the report calls a goal inside it not settled). ``off_spread`` (fastest / slowest run with
-    monitoring off) is the noise the ratio has to be read against. The quick run is the full one
+    errors over the pairs (the report calls a goal inside it not settled). ``off_spread`` (fastest /
+    slowest run with monitoring off) is the noise the ratio has to be read against. The quick run is the full one
     scaled down, intervals included, so checkpoints and plots land inside the timed loop.
     """
     steps, pairs = (100, 3) if quick else (1000, 5)
