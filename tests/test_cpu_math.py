@@ -26,4 +26,3 @@ def test_building_a_model_settles_mkl_first_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", FRESH_PROCESS], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "1"]
-

@@ -188,6 +188,7 @@ def test_the_adamw_ablation_takes_torchs_adamw_steps_in_its_fused_kernel():
     hyper = dict(lr=exp.lr, weight_decay=exp.weight_decay)
     ours, plain = make_model(), make_model()
     fused = build_optimizer(ours, exp)
+    assert fused.param_groups[0]["fused"] is True
     train(ours, fused, batches(20))
     train(plain, torch.optim.AdamW(plain.parameters(), foreach=False, **hyper), batches(20))
     moved = 0.0
