@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from spectral_gpt.attention import (
     KERNELS,
@@ -13,6 +14,7 @@ from spectral_gpt.attention import (
     InterferenceAttention,
     PureWaveAttention,
     _PureWaveWeights,
+    _UnitRows,
     causal_linear_attention,
 )
 from spectral_gpt.config import ModelConfig
@@ -158,6 +160,52 @@ def test_pure_wave_weights_backward_passes_gradcheck(kernel: str) -> None:
 
     assert torch.autograd.gradcheck(weights_with_fixed_mask, (q, k, v))
     assert torch.autograd.gradcheck(lambda q, k, v: _PureWaveWeights.apply(q, k, v, kernel, 0.0), (q, k, v))
+
+
+def plain_unit_rows(x, offset, divisor, eps):
+    """What _UnitRows replaces, through autograd."""
+    unit = F.normalize(x if offset is None else x + offset, dim=-1, eps=eps)
+    return unit if divisor is None else unit / divisor
+
+
+UNIT_ROW_CASES = [pytest.param(True, True, id="offset-learned-divisor"), pytest.param(True, False, id="offset-only"),
+                  pytest.param(False, False, id="constant-divisor")]
+
+
+def unit_row_inputs(with_offset: bool, learned_divisor: bool, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 5, 4, generator=g, dtype=dtype, requires_grad=True)
+    offset = torch.randn(1, 3, 1, 4, generator=g, dtype=dtype, requires_grad=True) if with_offset else None
+    divisor = torch.tensor(1.7, dtype=dtype, requires_grad=True) if learned_divisor else (
+        None if with_offset else 0.6)
+    return x, offset, divisor
+
+
+@pytest.mark.parametrize("with_offset,learned_divisor", UNIT_ROW_CASES)
+def test_unit_rows_forward_is_bit_for_bit_the_plain_expression(with_offset: bool, learned_divisor: bool) -> None:
+    x, offset, divisor = unit_row_inputs(with_offset, learned_divisor, torch.float32)
+    with torch.no_grad():
+        assert torch.equal(_UnitRows.apply(x, offset, divisor, 1e-12), plain_unit_rows(x, offset, divisor, 1e-12))
+
+
+@pytest.mark.parametrize("with_offset,learned_divisor", UNIT_ROW_CASES)
+def test_unit_rows_backward_passes_gradcheck(with_offset: bool, learned_divisor: bool) -> None:
+    inputs = unit_row_inputs(with_offset, learned_divisor, torch.float64)
+    assert torch.autograd.gradcheck(lambda *a: _UnitRows.apply(*a, 1e-12), inputs)
+
+
+def test_unit_rows_gradient_matches_autograd_where_the_norm_is_clamped() -> None:
+    """Rows of norm 0 and of norm below eps: the norm is a constant there, as F.normalize's clamp makes it."""
+    x, offset, divisor = unit_row_inputs(True, True, torch.float64)
+    with torch.no_grad():
+        x[0, 0, 0] = -offset[0, 0, 0]           # norm exactly 0
+        x[0, 1, 2] = -offset[0, 1, 0] + 0.01    # norm 0.02 < eps
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    want = torch.autograd.grad(plain_unit_rows(x, offset, divisor, 0.5), (x, offset, divisor), grad)
+    got = torch.autograd.grad(_UnitRows.apply(x, offset, divisor, 0.5), (x, offset, divisor), grad)
+    for name, g, w in zip(("x", "offset", "divisor"), got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.count_nonzero(got[0][0, 0, 0]) > 0
 
 
 def test_linear_and_quadratic_modes_are_different_functions() -> None:
