@@ -1,0 +1,44 @@
+"""The kernel-operator counter of wave_vs_standard, and the fused paths it was built to guard."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.model_speed import _KernelOpCount
+from spectral_gpt.attention import _project, _UnitRows
+
+
+def kernel_ops(fn, x: torch.Tensor, *params: torch.Tensor) -> int:
+    """Operators that run a kernel in ``fn(x).sum()`` and its gradients (fresh, nothing accumulated)."""
+    with _KernelOpCount() as mode:
+        torch.autograd.grad(fn(x).sum(), (x, *params))
+    return mode.count
+
+
+def test_views_and_allocations_are_not_counted_and_a_foreach_call_is_one():
+    x = torch.randn(4, 6)
+    with _KernelOpCount() as mode:
+        y = x.view(6, 4).t().transpose(0, 1).reshape(24)  # views only
+        torch.empty(3)
+        z = y + 1.0                                          # 1
+        torch._foreach_mul_([z, x, y.clone()], 2.0)          # clone 1, foreach 1
+    assert mode.count == 3
+
+
+def test_unit_rows_run_fewer_kernels_than_the_plain_expression():
+    x = torch.randn(2, 3, 5, 4, requires_grad=True)
+    offset = torch.zeros(1, 3, 1, 4, requires_grad=True)
+    tau = torch.tensor(2.0, requires_grad=True)
+    plain = kernel_ops(lambda x: F.normalize(x + offset, dim=-1, eps=1e-12) / tau, x, offset, tau)
+    fused = kernel_ops(lambda x: _UnitRows.apply(x, offset, tau, 1e-12), x, offset, tau)
+    assert fused < plain, (fused, plain)
+
+
+def test_stacked_projections_run_fewer_kernels_than_separate_ones():
+    linears = [torch.nn.Linear(8, n) for n in (8, 8, 16)]
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    params = [p for lin in linears for p in lin.parameters()]
+    separate = kernel_ops(lambda x: torch.cat([lin(x) for lin in linears], dim=-1), x, *params)
+    stacked = kernel_ops(lambda x: torch.cat(_project(x, *linears), dim=-1), x, *params)
+    assert stacked < separate, (stacked, separate)
