@@ -108,7 +108,7 @@ def _tokens_per_second(variants: dict[str, Variant], plan: _Plan,
 
 
 _NO_KERNEL_OPS = frozenset({"_unsafe_view", "alias", "detach", "lift_fresh", "empty", "empty_like", "empty_strided",
-                            "scalar_tensor", "_local_scalar_dense", "_record_function_enter_new",
+                            "scalar_tensor", "_local_scalar_dense", "promote_types", "_record_function_enter_new",
                             "_record_function_exit"})
 """Operators that reach the dispatcher but run no device kernel: views, allocations, host scalars."""
 

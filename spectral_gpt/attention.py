@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from spectral_gpt.config import ModelConfig
 from spectral_gpt.dropout import dropout_with_mask
+from spectral_gpt.linear_attention import causal_linear_attention
 
 
 def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -208,34 +209,6 @@ class _PureWaveWeights(torch.autograd.Function):
             grad_scores.mul_(keep).mul_(1.0 / (1.0 - ctx.dropout))
         grad_scores.mul_(_KERNEL_SLOPES[ctx.kernel](kernel_out))
         return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None
-
-
-def causal_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            chunk_size: int = 64, eps: float = 1e-6) -> torch.Tensor:
-    """Normalised causal linear attention ``out_p = q_p·S_p / (q_p·Z_p + eps)`` in O(T) memory.
-
-    ``S_p = Σ_{s≤p} k_s v_sᵀ`` and ``Z_p = Σ_{s≤p} k_s`` for non-negative features q, k (B,h,T,W) and
-    values v (B,h,T,D). T is cut into chunks: inside a chunk the causal part is a small masked
-    (C x C) product; across chunks the sums of all earlier chunks (B,h,n,W,D) come from a prefix sum.
-    So no (B,h,T,W,D) tensor is ever built (the original's memory problem, spec "Performance").
-    """
-    B, h, T, W = q.shape
-    C = min(chunk_size, T)
-    pad = -T % C
-    if pad:  # padded rows sit after every real position, so causality keeps them out of real outputs
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    n = (T + pad) // C
-    q, k, v = (t.reshape(B, h, n, C, t.size(-1)) for t in (q, k, v))
-    chunk_kv = k.transpose(-1, -2) @ v                                   # (B,h,n,W,D)
-    chunk_k = k.sum(dim=3)                                               # (B,h,n,W)
-    # State entering chunk j = sums over chunks < j (exclusive prefix sum).
-    S = F.pad(chunk_kv.cumsum(dim=2), (0, 0, 0, 0, 1, 0))[:, :, :n]
-    Z = F.pad(chunk_k.cumsum(dim=2), (0, 0, 1, 0))[:, :, :n]
-    local = (q @ k.transpose(-1, -2)).tril()                             # (B,h,n,C,C)
-    num = local @ v + q @ S                                              # (B,h,n,C,D)
-    den = local.sum(dim=-1) + (q @ Z.unsqueeze(-1)).squeeze(-1)          # (B,h,n,C)
-    out = num / (den.unsqueeze(-1) + eps)
-    return out.reshape(B, h, n * C, -1)[:, :, :T]
 
 
 class PureWaveAttention(nn.Module):

@@ -31,7 +31,7 @@ def _softmax_attention(cfg: ModelConfig, T: int, qk_dim: int) -> int:
 
 
 def _linear_attention(cfg: ModelConfig, T: int, chunk_size: int) -> int:
-    """The products of :func:`spectral_gpt.attention.causal_linear_attention` on padded chunks."""
+    """The products of :func:`spectral_gpt.linear_attention.causal_linear_attention` on padded chunks."""
     h, W, D = cfg.num_heads, cfg.num_waves, cfg.head_dim
     C = min(chunk_size, T)
     padded = math.ceil(T / C) * C
