@@ -55,28 +55,31 @@ def _normalised_power(spectra: Tensor, eps: float) -> Tensor:
     return power.div_(peak)
 
 
-def _gate(thetas: Tensor, updates: Tensor, alpha: float, eps: float) -> Tensor:
-    """Spec 2.1's ``Re(ifft2(F2(u) * rho))`` for k matrices at once: thetas, updates (k, m, n) -> (k, m, n).
+def _gate(pairs: Tensor, alpha: float, eps: float) -> Tensor:
+    """Spec 2.1's ``Re(ifft2(F2(u) * rho))`` for k matrices at once: pairs (2k, m, n), the k thetas then
+    their k updates, -> the k gated updates (k, m, n).
 
     Computed on the half spectrum: theta and u are real, so their spectra are conjugate-symmetric, rho
     is symmetric under the conjugate index map and ``irfft2`` of the gated half equals the real part of
     the full inverse (half the FFT work of the original, whose 2-D FFTs dominated its step time, spec 8
-    "Performance"). ``rho = alpha * sqrt(sqrt(P_theta * P_u) + eps) + (1 - alpha)`` with the normalised
-    powers P of :func:`_normalised_power` is the spec's ``alpha * sqrt(|Θ|n |U|n + eps) + (1 - alpha)``
-    up to rounding (tests/test_physics.py checks it against a float64 DFT of the literal formula).
+    "Performance"). Weights and updates go through one transform and one power computation, half the
+    kernel launches of two. ``rho = alpha * sqrt(sqrt(P_theta * P_u) + eps) + (1 - alpha)`` with the
+    normalised powers P of :func:`_normalised_power` is the spec's ``alpha * sqrt(|Θ|n |U|n + eps) +
+    (1 - alpha)`` up to rounding (tests/test_physics.py checks it against a float64 DFT of the literal
+    formula).
     """
-    rho = _normalised_power(torch.fft.rfft2(thetas), eps)
-    spectra = torch.fft.rfft2(updates)
-    rho.mul_(_normalised_power(spectra, eps)).sqrt_().add_(eps).sqrt_().mul_(alpha).add_(1.0 - alpha)
-    torch.view_as_real(spectra).mul_(rho.unsqueeze(-1))  # complex * real, without promoting rho
-    return torch.fft.irfft2(spectra, s=updates.shape[-2:])
+    k = pairs.size(0) // 2
+    spectra = torch.fft.rfft2(pairs)
+    power = _normalised_power(spectra, eps)
+    rho = power[:k].mul_(power[k:]).sqrt_().add_(eps).sqrt_().mul_(alpha).add_(1.0 - alpha)
+    updates = spectra[k:]
+    torch.view_as_real(updates).mul_(rho.unsqueeze(-1))  # complex * real, without promoting rho
+    return torch.fft.irfft2(updates, s=pairs.shape[-2:])
 
 
 def _as_matrices(tensors: list[Tensor], rows: int, cols: int) -> Tensor:
-    """``tensors`` as one (k, rows, cols) tensor, in float32 at least: a view when k == 1, else a stacked copy."""
+    """``tensors`` stacked as one (k, rows, cols) tensor, in float32 at least."""
     work = torch.float32 if tensors[0].dtype in _LOW_PRECISION else tensors[0].dtype
-    if len(tensors) == 1:
-        return tensors[0].reshape(1, rows, cols).to(work)
     return torch.stack([t.reshape(rows, cols) for t in tensors]).to(work)
 
 
@@ -98,8 +101,8 @@ def _resonance_gates(thetas: list[Tensor], updates: list[Tensor], alpha: float, 
     gated = list(updates)
     for (rows, cols, _, _), chunks in batches.items():
         for chunk in chunks:
-            out = _gate(_as_matrices([thetas[i] for i in chunk], rows, cols),
-                        _as_matrices([updates[i] for i in chunk], rows, cols), alpha, eps)
+            out = _gate(_as_matrices([thetas[i] for i in chunk] + [updates[i] for i in chunk], rows, cols),
+                        alpha, eps)
             for j, i in enumerate(chunk):
                 gated[i] = out[j].view(updates[i].shape).to(updates[i].dtype)
     return gated

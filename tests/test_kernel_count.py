@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from benchmarks.model_speed import _KernelOpCount
 from spectral_gpt.attention import _project, _UnitRows
+from spectral_gpt.physics import _resonance_gates
 
 
 def kernel_ops(fn, x: torch.Tensor, *params: torch.Tensor) -> int:
@@ -42,3 +43,13 @@ def test_stacked_projections_run_fewer_kernels_than_separate_ones():
     separate = kernel_ops(lambda x: torch.cat([lin(x) for lin in linears], dim=-1), x, *params)
     stacked = kernel_ops(lambda x: torch.cat(_project(x, *linears), dim=-1), x, *params)
     assert stacked < separate, (stacked, separate)
+
+
+def test_the_resonance_gate_transforms_weights_and_updates_of_one_shape_together():
+    g = torch.Generator().manual_seed(0)
+    thetas = [torch.randn(6, 4, generator=g) for _ in range(3)] + [torch.randn(4, 6, generator=g)]
+    updates = [torch.randn(t.shape, generator=g) for t in thetas]
+    with _KernelOpCount() as mode:
+        gated = _resonance_gates(thetas, updates, 0.5, 1e-8)
+    assert [t.shape for t in gated] == [t.shape for t in updates]
+    assert mode.by_name["_fft_r2c"] == 2 and mode.by_name["_fft_c2r"] == 2  # one of each per shape
