@@ -124,6 +124,12 @@ def prepare_data(settings: RunSettings) -> TokenDataset:
     return dataset
 
 
+RESUMABLE_CHANGES = frozenset({"train.compile"})
+"""Settings a run may change when it is continued: how a step runs, not what it computes (a compiled
+step computes the eager step's mathematics, tests/test_compile.py), so a run started eagerly can go
+on under ``--compile`` once it moves to a GPU, and the other way round."""
+
+
 def find_unfinished_run(settings: RunSettings) -> Path | str | None:
     """The newest run folder of this name whose results.json does not say ``completed``.
 
@@ -134,18 +140,20 @@ def find_unfinished_run(settings: RunSettings) -> Path | str | None:
     if not candidates:
         return None
     newest = max(candidates, key=lambda f: f.config_mtime)
-    differs = first_difference(newest.config.get("spec"), settings.spec.to_dict())
+    differs = first_difference(newest.config.get("spec"), settings.spec.to_dict(), ignore=RESUMABLE_CHANGES)
     if differs:
         raise ConfigError(f"the unfinished run {newest.location} was started with other settings ({differs}); "
                           "rerun it with the same flags, or pass --resume never to start a new run")
     return newest.location if is_uri(newest.location) else Path(newest.location)
 
 
-def first_difference(saved: Any, wanted: Any, where: str = "") -> str | None:
-    """``"model.d_model=64 there, 128 now"`` for the first setting that differs, None when equal."""
+def first_difference(saved: Any, wanted: Any, where: str = "", ignore: frozenset[str] = frozenset()) -> str | None:
+    """``"model.d_model=64 there, 128 now"`` for the first setting that differs, None when equal;
+    settings named in ``ignore`` (dotted paths) may differ."""
     if isinstance(saved, dict) and isinstance(wanted, dict):
         for key in [*saved, *(k for k in wanted if k not in saved)]:
-            found = first_difference(saved.get(key), wanted.get(key), f"{where}.{key}" if where else key)
+            path = f"{where}.{key}" if where else key
+            found = None if path in ignore else first_difference(saved.get(key), wanted.get(key), path, ignore)
             if found:
                 return found
         return None

@@ -228,6 +228,19 @@ def test_resume_lookup_on_a_uri_picks_the_newest_unfinished_run_of_the_name(tmp_
         find_unfinished_run(settings)
 
 
+def test_a_run_started_eagerly_is_continued_under_compile_but_not_in_another_precision(tmp_path):
+    """--compile changes how a step runs, not what it computes; --precision changes the numbers."""
+    cache = str(tmp_path / "cache")
+    started = tmp_path / "bucket" / "r_20260101_000000_abc"
+    started.mkdir(parents=True)
+    (started / "config.json").write_text(json.dumps(
+        {"config": _uri_settings(tmp_path, cache, "r", steps=40).to_dict()}))
+    compiled = _uri_settings(tmp_path, cache, "r", steps=40, compile_mode="max-autotune")
+    assert find_unfinished_run(compiled) == _uri(started)
+    with pytest.raises(ConfigError, match=r"train\.precision='fp32' there, 'bf16' now"):
+        find_unfinished_run(_uri_settings(tmp_path, cache, "r", steps=40, precision="bf16"))
+
+
 # -- 4. a real Ray run that resumes an interrupted run from its file:// URI ---------------------------
 
 def test_a_run_interrupted_at_a_uri_is_resumed_on_ray_from_the_remote_folder(ray_session, token_cache, tmp_path,
