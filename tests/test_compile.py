@@ -17,6 +17,7 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 from orchestrator.monitoring import MetricsLogger
 from orchestrator.run import run_training
 from spectral_gpt.config import ConfigError, TrainConfig, get_ablation, model_config_for
+from spectral_gpt.model import build_model_from_config
 from spectral_gpt.training import RunSpec, TrainState, train_steps
 
 VOCAB, BLOCK, BATCH = 64, 16, 4
@@ -76,6 +77,22 @@ def test_a_compiled_run_resumes_exactly_and_its_checkpoint_loads_eagerly():
     eager = TrainState(dataclasses.replace(spec, train=dataclasses.replace(spec.train, compile=None)))
     eager.load_state_dict(saved)  # the checkpoint holds the plain model: it loads without compilation
     assert eager.step == 2 and train_steps(eager, _batch, 1)[0].step == 2
+
+
+@pytest.mark.parametrize("overrides", [dict(attention="interference"), dict(attention="pure_wave"),
+                                       dict(attention="pure_wave", pure_wave_mode="linear"),
+                                       dict(model_type="standard", attention="standard")],
+                         ids=["interference", "pure-quadratic", "pure-linear", "standard"])
+def test_every_model_compiles_to_one_graph_with_dropout_on(overrides):
+    """A graph break splits the model where Inductor cannot fuse across; the CPU dropout mask's in-place
+    random_ made one per dropout before dropout went to PyTorch's own kernel under compilation."""
+    exp = get_ablation("wave_baseline")
+    cfg = dataclasses.replace(model_config_for("tiny", exp, vocab_size=VOCAB), num_layers=1, block_size=BLOCK,
+                              dropout=0.1, **overrides)
+    model = build_model_from_config(cfg)
+    idx = torch.randint(0, VOCAB, (2, BLOCK))
+    explained = torch._dynamo.explain(model)(idx, idx)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 def test_an_unknown_compile_mode_is_refused_naming_the_choices():
