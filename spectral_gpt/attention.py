@@ -50,13 +50,15 @@ def _project(x: torch.Tensor, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
 class _UnitRows(torch.autograd.Function):
     """``F.normalize(x + offset, dim=-1, eps=eps) / divisor`` with a hand-written backward.
 
-    Both wave attentions make their queries and keys unit vectors over each head's W waves, then
-    shift or scale them. Autograd through the plain expression runs about 25 operators per call
-    (normalize alone is 17, with its clamp and zero-norm masks); this runs 18 with a learned
-    divisor and 12 without. A small wave model on a GPU is bound by kernel launches, not FLOPs: on
-    the H200 its tokens/s ratio to the standard GPT matched their operator-count ratio within 0.03.
-    The forward is bit for bit the plain expression; tests/test_attention.py checks the gradients,
-    including rows whose norm is below ``eps``.
+    Both wave attentions turn their queries and keys into unit vectors over each head's W waves:
+    interference shifts them by its learned phase offsets first and divides queries by its learned
+    temperature (a 0-dim tensor), pure-wave scales both by a constant. Autograd through the plain
+    expression runs about 25 operators per call (normalize alone is 17, with its clamp and
+    zero-norm masks); this runs 17 with a learned divisor and 12 without. A small wave model on a
+    GPU is bound by kernel launches, not FLOPs: on the H200 its tokens/s ratio to the standard GPT
+    matched their kernel-count ratio within 0.02 (benchmarks/model_speed.py). The forward is bit for
+    bit the plain expression; tests/test_attention.py checks the gradients, including rows whose
+    norm is below ``eps``.
     """
 
     @staticmethod
