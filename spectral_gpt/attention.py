@@ -28,66 +28,101 @@ def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
     return t.view(B, T, num_heads, -1).transpose(1, 2)
 
 
+def _head_pairs(t: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B,T,2*h*E) -> (2,B,h,T,E): a query/key pair side by side, so one kernel serves both."""
+    B, T, _ = t.shape
+    return t.view(B, T, 2, num_heads, -1).permute(2, 0, 3, 1, 4)
+
+
 def _merge_heads(t: torch.Tensor) -> torch.Tensor:
     """(B,h,T,E) -> (B,T,h*E)."""
     B, h, T, E = t.shape
     return t.transpose(1, 2).reshape(B, T, h * E)
 
 
-def _project(x: torch.Tensor, *linears: nn.Linear) -> tuple[torch.Tensor, ...]:
-    """``tuple(linear(x) for linear in linears)`` as one product with the stacked weights.
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast computes in on ``t``'s device, or None outside autocast."""
+    return torch.get_autocast_dtype(t.device.type) if torch.is_autocast_enabled(t.device.type) else None
+
+
+def _buffer_like(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """An ``out=`` tensor of ``dtype`` in ``t``'s memory layout; None under torch.compile, where
+    Inductor chooses layouts and fuses casts itself (and Dynamo refuses a non-contiguous ``out=``)."""
+    return None if torch.compiler.is_compiling() else torch.empty_like(t, dtype=dtype)
+
+
+def _project(x: torch.Tensor, *groups: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, ...]:
+    """``tuple(torch.cat([linear(x) for linear in group], -1) for group in groups)`` as one product
+    with the stacked weights.
 
     The projections stay separate Parameters: RGD gates each weight tensor by its own 2-D spectrum
     (spec 2.1) and checkpoints keep their names. Stacking them only for the product turns k
     matmuls, bias adds and autocast casts, and the backward's k-1 sums of input gradients, into one
-    of each (nanoGPT packs q, k and v for the same reason); each output is a view of the product.
+    of each (nanoGPT packs q, k and v for the same reason); each output is a view of the product,
+    and a group (a query/key pair) is one view, for :func:`_head_pairs`.
     """
+    linears = [linear for group in groups for linear in group]
     weight = torch.cat([linear.weight for linear in linears])
     bias = torch.cat([linear.bias for linear in linears])
-    return F.linear(x, weight, bias).split([linear.out_features for linear in linears], dim=-1)
+    widths = [sum(linear.out_features for linear in group) for group in groups]
+    return F.linear(x, weight, bias).split(widths, dim=-1)
 
 
 class _UnitRows(torch.autograd.Function):
-    """``F.normalize(x + offset, dim=-1, eps=eps) / divisor`` with a hand-written backward.
+    """``F.normalize(x + offset, dim=-1, eps=eps) / divisor``, returned as ``dtype``, with a hand-written backward.
 
     Both wave attentions turn their queries and keys into unit vectors over each head's W waves:
     interference shifts them by its learned phase offsets first and divides queries by its learned
-    temperature (a 0-dim tensor), pure-wave scales both by a constant. Autograd through the plain
-    expression runs about 25 operators per call (normalize alone is 17, with its clamp and
-    zero-norm masks); this runs 17 with a learned divisor and 12 without. A small wave model on a
-    GPU is bound by kernel launches, not FLOPs: on the H200 its tokens/s ratio to the standard GPT
-    matched their kernel-count ratio within 0.02 (benchmarks/model_speed.py). The forward is bit for
-    bit the plain expression; tests/test_attention.py checks the gradients, including rows whose
-    norm is below ``eps``.
+    temperature (a 0-dim tensor), pure-wave scales both by a constant. A small wave model on a GPU
+    is bound by kernel launches, not FLOPs: on the H200 its tokens/s ratio to the standard GPT
+    matched their kernel-count ratio within 0.02 (benchmarks/model_speed.py). So a query of
+    interference attention under autocast runs 17 operators here, forward and backward, where
+    autograd through the plain expression and its casts runs 29 (normalize alone is 17, with its
+    clamp and zero-norm masks):
+
+    * the result is written in ``dtype`` (what the next kernel reads, e.g. bf16 for SDPA under
+      autocast), so no separate cast runs forward, nor its mirror backward;
+    * the gradient of ``x`` is written in x's dtype and memory layout: x is a head view of a
+      projection, and a gradient in another layout would be copied once more to flow back.
+
+    The arithmetic is float32 at least throughout (the norm, the unit rows kept for the backward and
+    every gradient sum); tests/test_attention.py checks the forward bit for bit against the plain
+    expression and the gradients against autograd, including rows whose norm is below ``eps``.
     """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, offset: torch.Tensor | None, divisor: torch.Tensor | float | None,
-                eps: float) -> torch.Tensor:
+                eps: float, dtype: torch.dtype | None) -> torch.Tensor:
         shifted = x if offset is None else x + offset
         norm = torch.linalg.vector_norm(shifted, dim=-1, keepdim=True)
         clamped = norm.clamp_min(eps)
         unit = shifted / clamped
         ctx.offset_shape = None if offset is None else offset.shape
-        ctx.divisor = divisor if not isinstance(divisor, torch.Tensor) else None
-        ctx.eps = eps
+        ctx.x_dtype, ctx.eps = x.dtype, eps
+        ctx.constant_divisor = divisor if not isinstance(divisor, torch.Tensor) else None
         ctx.save_for_backward(unit, norm, clamped, divisor if isinstance(divisor, torch.Tensor) else None)
-        return unit if divisor is None else unit / divisor
+        dtype = dtype or unit.dtype
+        if divisor is None:
+            return unit.to(dtype)
+        return torch.div(unit, divisor, out=_buffer_like(unit, dtype)).to(dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         unit, norm, clamped, learned_divisor = ctx.saved_tensors
-        divisor = learned_divisor if learned_divisor is not None else ctx.divisor
-        grad_unit = grad if divisor is None else grad / divisor
-        along = (grad_unit * unit).sum(dim=-1, keepdim=True)
+        if learned_divisor is not None:  # viewed with grad's dims, not 0-dim, so a bf16 grad is promoted to float32
+            grad = grad / learned_divisor.view((1,) * (grad.dim() - learned_divisor.dim()) + learned_divisor.shape)
+        along = (grad * unit).sum(dim=-1, keepdim=True)
         grad_divisor = None
         if ctx.needs_input_grad[2]:  # d(unit / τ)/dτ = -unit / τ², so Σ grad·unit / -τ² = -Σ along / τ
-            grad_divisor = along.sum().div(divisor).neg()
+            grad_divisor = along.sum_to_size(learned_divisor.shape).div(learned_divisor).neg()
         along.mul_(norm >= ctx.eps)  # where the norm was clamped, the divisor of x was a constant
-        grad_x = (grad_unit - unit * along).div_(clamped)
+        # (grad - unit·along) / clamped, in unit's (that is x's) memory layout; a constant divisor c
+        # was left out of grad and along alike, so it joins clamped: one small product, not a pass.
+        grad_x = torch.addcmul(grad, unit, along, value=-1.0, out=_buffer_like(unit, unit.dtype))
+        grad_x.div_(clamped if ctx.constant_divisor is None else clamped * ctx.constant_divisor)
         grad_offset = None if ctx.offset_shape is None else grad_x.sum_to_size(ctx.offset_shape)
-        return grad_x, grad_offset, grad_divisor, None
+        return grad_x.to(ctx.x_dtype), grad_offset, grad_divisor, None, None
 
 
 class CausalSelfAttention(nn.Module):
@@ -139,10 +174,13 @@ class InterferenceAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,T,d) -> (B,T,d)."""
-        h = self.num_heads
-        q, k, v = (_heads(t, h) for t in _project(x, self.q_proj, self.k_proj, self.v_proj))
-        q = _UnitRows.apply(q, self.psi_q, self.tau, 1e-12)
-        k = _UnitRows.apply(k, self.psi_k, None, 1e-12)
+        qk, v = _project(x, (self.q_proj, self.k_proj), (self.v_proj,))
+        # Queries and keys are normalised together, as a (2,B,h,T,W) pair: q̂ / tau, k̂ / 1 (exact).
+        offsets = torch.stack([self.psi_q, self.psi_k])
+        divisors = torch.stack([self.tau, torch.ones_like(self.tau)]).view(2, 1, 1, 1, 1)
+        dtype = _autocast_dtype(x)  # SDPA's: q̂ and k̂ are written in it, not cast to it
+        q, k = _UnitRows.apply(_head_pairs(qk, self.num_heads), offsets, divisors, 1e-12, dtype).unbind(0)
+        v = _heads(v, self.num_heads)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            dropout_p=self.dropout if self.training else 0.0, scale=1.0)
         return self.o_proj(_merge_heads(y))
@@ -172,7 +210,8 @@ each is exactly 0 where y = κ(-inf) = 0, so future positions get zero gradient.
 
 
 class _PureWaveWeights(torch.autograd.Function):
-    """``dropout(κ(causal(q kᵀ))) v`` for (B,h,T,W) q, k and (B,h,T,D) v, with a hand-written backward.
+    """``dropout(κ(causal(q kᵀ))) v · rows`` for (B,h,T,W) q, k, (B,h,T,D) v and (T,1) row factors,
+    with a hand-written backward.
 
     Autograd through the plain expression allocates a fresh (B,h,T,T) tensor for every elementwise
     step and keeps four of them for the backward; on CPUs, where the allocation of such a tensor costs
@@ -180,14 +219,16 @@ class _PureWaveWeights(torch.autograd.Function):
     and passed through the kernel in place, and the backward keeps only the kernel output, the
     dropped-out weights and the dropout mask. The mask is the models' own
     (:func:`spectral_gpt.dropout.dropout_with_mask`), so tests/test_attention.py can check outputs
-    and gradients against the plain expression with dropout on, drawing the same mask.
+    and gradients against the plain expression with dropout on, drawing the same mask. The row
+    factors scale the product in its own dtype and place, so no float32 copy of it is cast back
+    for the output projection.
     """
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel: str,
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, kernel: str,
                 dropout: float) -> torch.Tensor:
-        if torch.is_autocast_enabled(q.device.type):  # one dtype for the hand-written backward too
-            dtype = torch.get_autocast_dtype(q.device.type)
+        dtype = _autocast_dtype(q)
+        if dtype is not None:  # one dtype for the hand-written backward too
             q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         T = q.size(2)
         scores = q @ k.transpose(-1, -2)
@@ -198,19 +239,20 @@ class _PureWaveWeights(torch.autograd.Function):
         if dropout > 0.0:
             weights, keep = dropout_with_mask(kernel_out, dropout)
         ctx.kernel, ctx.dropout = kernel, dropout
-        ctx.save_for_backward(q, k, v, kernel_out, weights, keep)
-        return weights @ v
+        ctx.save_for_backward(q, k, v, rows, kernel_out, weights, keep)
+        return (weights @ v).mul_(rows)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, kernel_out, weights, keep = ctx.saved_tensors
+        q, k, v, rows, kernel_out, weights, keep = ctx.saved_tensors
+        grad = torch.mul(grad, rows, out=_buffer_like(grad, grad.dtype)).to(grad.dtype)
         grad_v = weights.transpose(-1, -2) @ grad
         grad_scores = grad @ v.transpose(-1, -2)
         if keep is not None:
             grad_scores.mul_(keep).mul_(1.0 / (1.0 - ctx.dropout))
         grad_scores.mul_(_KERNEL_SLOPES[ctx.kernel](kernel_out))
-        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None
+        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None, None
 
 
 class PureWaveAttention(nn.Module):
@@ -249,22 +291,26 @@ class PureWaveAttention(nn.Module):
 
     def wave_states(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised wave queries and keys (B,h,T,W), scaled by W^(1/4), and values (B,h,T,D)."""
+        pair, v = self._wave_pair(x)
+        return *pair.unbind(0), v
+
+    def _wave_pair(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`wave_states` with queries and keys as one (2,B,h,T,W) pair: each kernel runs once
+        for both (a small model on a GPU is bound by kernel launches)."""
         h = self.num_heads
         p = torch.arange(x.size(1), device=x.device, dtype=x.dtype)[:, None]   # (T,1)
         inverse_scale = self.num_waves ** -0.25
-        q_freq, k_freq, q_phase, k_phase, v = (_heads(t, h) for t in _project(
-            x, self.q_freq, self.k_freq, self.q_phase, self.k_phase, self.v_proj))
-        q = _UnitRows.apply(torch.sin(q_freq * p + q_phase), None, inverse_scale, 1e-12)
-        k = _UnitRows.apply(torch.sin(k_freq * p + k_phase), None, inverse_scale, 1e-12)
-        return q, k, v
+        freqs, phases, v = _project(x, (self.q_freq, self.k_freq), (self.q_phase, self.k_phase), (self.v_proj,))
+        waves = torch.sin(_head_pairs(freqs, h) * p + _head_pairs(phases, h))
+        return _UnitRows.apply(waves, None, inverse_scale, 1e-12, None), _heads(v, h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,T,d) -> (B,T,d)."""
-        q, k, v = self.wave_states(x)
+        pair, v = self._wave_pair(x)
         if self.mode == "linear":
-            y = causal_linear_attention(self.kernel(q), self.kernel(k), v, self.chunk_size)
+            y = causal_linear_attention(*self.kernel(pair).unbind(0), v, self.chunk_size)
         else:
-            y = self._quadratic(q, k, v)
+            y = self._quadratic(*pair.unbind(0), v)
         return self.o_proj(_merge_heads(y))
 
     def _quadratic(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -272,10 +318,9 @@ class PureWaveAttention(nn.Module):
         # passes touch the (B,h,T,T) matrix: g_h scales q (B,h,T,W) before the product, and the row
         # factor 1/sqrt(p+1) scales the output rows (B,h,T,D) after it (dropout's mask is elementwise,
         # so it commutes with both). Same function up to float rounding (tests/test_attention.py).
-        T = q.size(2)
+        rows = torch.arange(1, q.size(2) + 1, device=q.device, dtype=q.dtype).rsqrt()[:, None]
         dropout = self.dropout if self.training else 0.0
-        out = _PureWaveWeights.apply(q * self.head_scale.view(1, -1, 1, 1), k, v, self.kernel_name, dropout)
-        return out * torch.arange(1, T + 1, device=q.device, dtype=q.dtype).rsqrt()[:, None]
+        return _PureWaveWeights.apply(q * self.head_scale.view(1, -1, 1, 1), k, v, rows, self.kernel_name, dropout)
 
 
 def build_attention(cfg: ModelConfig) -> nn.Module:

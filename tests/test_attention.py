@@ -153,13 +153,14 @@ def test_pure_wave_weights_backward_passes_gradcheck(kernel: str) -> None:
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 2, 5, n, generator=g, dtype=torch.float64, requires_grad=True)
                for n in (3, 3, 2))
+    rows = torch.rand(5, 1, generator=g, dtype=torch.float64) + 0.5
 
     def weights_with_fixed_mask(q, k, v):
         torch.manual_seed(3)
-        return _PureWaveWeights.apply(q, k, v, kernel, 0.4)
+        return _PureWaveWeights.apply(q, k, v, rows, kernel, 0.4)
 
     assert torch.autograd.gradcheck(weights_with_fixed_mask, (q, k, v))
-    assert torch.autograd.gradcheck(lambda q, k, v: _PureWaveWeights.apply(q, k, v, kernel, 0.0), (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: _PureWaveWeights.apply(q, k, v, rows, kernel, 0.0), (q, k, v))
 
 
 def plain_unit_rows(x, offset, divisor, eps):
@@ -168,44 +169,74 @@ def plain_unit_rows(x, offset, divisor, eps):
     return unit if divisor is None else unit / divisor
 
 
-UNIT_ROW_CASES = [pytest.param(True, True, id="offset-learned-divisor"), pytest.param(True, False, id="offset-only"),
-                  pytest.param(False, False, id="constant-divisor")]
+UNIT_ROW_CASES = [pytest.param(True, "learned", id="offset-learned-divisor"),
+                  pytest.param(True, "pair", id="query-key-pair"),  # interference: q̂ / tau, k̂ / 1
+                  pytest.param(True, None, id="offset-only"), pytest.param(False, "constant", id="constant-divisor")]
 
 
-def unit_row_inputs(with_offset: bool, learned_divisor: bool, dtype: torch.dtype):
+def unit_row_inputs(with_offset: bool, divisor_kind: str | None, dtype: torch.dtype):
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, 5, 4, generator=g, dtype=dtype, requires_grad=True)
-    offset = torch.randn(1, 3, 1, 4, generator=g, dtype=dtype, requires_grad=True) if with_offset else None
-    divisor = torch.tensor(1.7, dtype=dtype, requires_grad=True) if learned_divisor else (
-        None if with_offset else 0.6)
+    x = torch.randn(2, 2, 3, 5, 4, generator=g, dtype=dtype, requires_grad=True)
+    offset = torch.randn(2, 1, 3, 1, 4, generator=g, dtype=dtype, requires_grad=True) if with_offset else None
+    divisor = {"learned": lambda: torch.tensor(1.7, dtype=dtype, requires_grad=True),
+               "pair": lambda: torch.tensor([1.7, 1.0], dtype=dtype).view(2, 1, 1, 1, 1).requires_grad_(),
+               "constant": lambda: 0.6, None: lambda: None}[divisor_kind]()
     return x, offset, divisor
 
 
-@pytest.mark.parametrize("with_offset,learned_divisor", UNIT_ROW_CASES)
-def test_unit_rows_forward_is_bit_for_bit_the_plain_expression(with_offset: bool, learned_divisor: bool) -> None:
-    x, offset, divisor = unit_row_inputs(with_offset, learned_divisor, torch.float32)
+@pytest.mark.parametrize("with_offset,divisor_kind", UNIT_ROW_CASES)
+def test_unit_rows_forward_is_bit_for_bit_the_plain_expression(with_offset: bool, divisor_kind: str | None) -> None:
+    x, offset, divisor = unit_row_inputs(with_offset, divisor_kind, torch.float32)
     with torch.no_grad():
-        assert torch.equal(_UnitRows.apply(x, offset, divisor, 1e-12), plain_unit_rows(x, offset, divisor, 1e-12))
+        want = plain_unit_rows(x, offset, divisor, 1e-12)
+        assert torch.equal(_UnitRows.apply(x, offset, divisor, 1e-12, None), want)
+        assert torch.equal(_UnitRows.apply(x, offset, divisor, 1e-12, torch.bfloat16), want.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("with_offset,learned_divisor", UNIT_ROW_CASES)
-def test_unit_rows_backward_passes_gradcheck(with_offset: bool, learned_divisor: bool) -> None:
-    inputs = unit_row_inputs(with_offset, learned_divisor, torch.float64)
-    assert torch.autograd.gradcheck(lambda *a: _UnitRows.apply(*a, 1e-12), inputs)
+@pytest.mark.parametrize("with_offset,divisor_kind", UNIT_ROW_CASES)
+def test_unit_rows_backward_passes_gradcheck(with_offset: bool, divisor_kind: str | None) -> None:
+    inputs = unit_row_inputs(with_offset, divisor_kind, torch.float64)
+    assert torch.autograd.gradcheck(lambda *a: _UnitRows.apply(*a, 1e-12, None), inputs)
+
+
+@pytest.mark.parametrize("with_offset,divisor_kind", UNIT_ROW_CASES)
+def test_unit_rows_written_in_bfloat16_backpropagate_in_float32(with_offset: bool, divisor_kind: str | None) -> None:
+    """Under autocast the result is written in bf16 and the bf16 gradient that comes back is used
+    as it is, with float32 arithmetic: the same gradients as autograd through the plain expression
+    followed by a cast, to float32 rounding."""
+    inputs = unit_row_inputs(with_offset, divisor_kind, torch.float32)
+    grad = torch.randn(inputs[0].shape).to(torch.bfloat16)
+    wants = [p for p in inputs if isinstance(p, torch.Tensor)]
+    got = torch.autograd.grad(_UnitRows.apply(*inputs, 1e-12, torch.bfloat16), wants, grad)
+    want = torch.autograd.grad(plain_unit_rows(*inputs, 1e-12).to(torch.bfloat16), wants, grad)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_unit_rows_give_a_head_view_its_gradient_in_its_own_layout() -> None:
+    """x is a (2,B,h,T,W) view of a (B,T,2·h·W) projection; a gradient in x's layout flows back
+    through the view without a copy."""
+    projection = torch.randn(2, 5, 2 * 3 * 4, requires_grad=True)
+    x = projection.view(2, 5, 2, 3, 4).permute(2, 0, 3, 1, 4)
+    seen = []
+    x.register_hook(seen.append)
+    _UnitRows.apply(x, None, 0.6, 1e-12, None).sum().backward()
+    assert seen[0].permute(1, 3, 0, 2, 4).is_contiguous()
 
 
 def test_unit_rows_gradient_matches_autograd_where_the_norm_is_clamped() -> None:
     """Rows of norm 0 and of norm below eps: the norm is a constant there, as F.normalize's clamp makes it."""
-    x, offset, divisor = unit_row_inputs(True, True, torch.float64)
+    x, offset, divisor = unit_row_inputs(True, "learned", torch.float64)
     with torch.no_grad():
-        x[0, 0, 0] = -offset[0, 0, 0]           # norm exactly 0
-        x[0, 1, 2] = -offset[0, 1, 0] + 0.01    # norm 0.02 < eps
+        x[0, 0, 0, 0] = -offset[0, 0, 0, 0]           # norm exactly 0
+        x[0, 0, 1, 2] = -offset[0, 0, 1, 0] + 0.01    # norm 0.02 < eps
     grad = torch.randn(x.shape, dtype=torch.float64)
     want = torch.autograd.grad(plain_unit_rows(x, offset, divisor, 0.5), (x, offset, divisor), grad)
-    got = torch.autograd.grad(_UnitRows.apply(x, offset, divisor, 0.5), (x, offset, divisor), grad)
+    got = torch.autograd.grad(_UnitRows.apply(x, offset, divisor, 0.5, None), (x, offset, divisor), grad)
     for name, g, w in zip(("x", "offset", "divisor"), got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=name)
-    assert torch.count_nonzero(got[0][0, 0, 0]) > 0
+    assert torch.count_nonzero(got[0][0, 0, 0, 0]) > 0
 
 
 def test_linear_and_quadratic_modes_are_different_functions() -> None:
