@@ -15,10 +15,12 @@ Both are vectorised: one gather per table, harmonics and positions by broadcasti
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from spectral_gpt.config import ModelConfig
 from spectral_gpt.dropout import Dropout
@@ -32,16 +34,49 @@ def wave_features(freqs: torch.Tensor, phases: torch.Tensor, amps: torch.Tensor,
 
     ``freqs``/``phases`` are the gathered (B,T,W) rows, ``amps`` the gathered (B,T,W,K) rows and
     ``pos_freq`` the (W,) positional phase rate. Returns (B,T,2WK): all sines (wave-major, then
-    harmonic) followed by all cosines.
+    harmonic) followed by all cosines::
+
+        θ[b,t,w,k] = 2π·k·freqs[b,t,w] + phases[b,t,w] + t·pos_freq[w]      (k = 1..K)
+        out = [amps·sin θ, amps·cos θ]
     """
-    T, K = freqs.size(1), amps.size(-1)
-    positions = torch.arange(T, device=freqs.device, dtype=freqs.dtype)
-    harmonics = torch.arange(1, K + 1, device=freqs.device, dtype=freqs.dtype)
-    offset = phases + positions[:, None] * pos_freq                              # (B,T,W)
-    theta = TWO_PI * harmonics * freqs.unsqueeze(-1) + offset.unsqueeze(-1)       # (B,T,W,K)
-    sines = (amps * torch.sin(theta)).flatten(-2)
-    cosines = (amps * torch.cos(theta)).flatten(-2)
-    return torch.cat([sines, cosines], dim=-1)
+    return _WaveFeatures.apply(freqs, phases, amps, pos_freq)
+
+
+class _WaveFeatures(torch.autograd.Function):
+    """:func:`wave_features` with a hand-written backward: 19 kernel operators a step where autograd
+    through the plain expression ran 29. A small wave model on a GPU is bound by kernel launches,
+    not FLOPs (benchmarks/model_speed.py), and this runs once per step on every token.
+    tests/test_model.py checks values and gradients against the plain expression."""
+
+    @staticmethod
+    def forward(ctx: Any, freqs: torch.Tensor, phases: torch.Tensor, amps: torch.Tensor,
+                pos_freq: torch.Tensor) -> torch.Tensor:
+        T, K = freqs.size(1), amps.size(-1)
+        positions = torch.arange(T, device=freqs.device, dtype=freqs.dtype)
+        two_pi_k = torch.arange(1, K + 1, device=freqs.device, dtype=freqs.dtype).mul_(TWO_PI)
+        offset = torch.addcmul(phases, positions[:, None], pos_freq)                         # (B,T,W)
+        theta = torch.addcmul(offset.unsqueeze(-1), freqs.unsqueeze(-1), two_pi_k)         # (B,T,W,K)
+        trig = torch.stack([torch.sin(theta), torch.cos(theta)], dim=-3)                   # (B,T,2,W,K)
+        ctx.save_for_backward(amps, trig, positions, two_pi_k)
+        ctx.pos_freq_shape = pos_freq.shape
+        return (trig * amps.unsqueeze(-3)).flatten(-3)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        amps, trig, positions, two_pi_k = ctx.saved_tensors
+        grad = grad.unflatten(-1, trig.shape[-3:])
+        grad_amps = (grad * trig).sum(dim=-3) if ctx.needs_input_grad[2] else None  # v2's amplitudes are fixed
+        sin, cos = trig.unbind(dim=-3)
+        grad_sin, grad_cos = grad.unbind(dim=-3)
+        # dθ = amps·(grad_sin·cos θ - grad_cos·sin θ); θ is linear in freqs, phases and pos_freq.
+        grad_theta = torch.addcmul(grad_sin * cos, grad_cos, sin, value=-1.0).mul_(amps)
+        grad_offset = grad_theta.sum(dim=-1)
+        grad_freqs = (grad_theta * two_pi_k).sum(dim=-1) if ctx.needs_input_grad[0] else None
+        grad_pos_freq = None
+        if ctx.needs_input_grad[3]:
+            grad_pos_freq = (grad_offset * positions[:, None]).sum_to_size(ctx.pos_freq_shape)
+        return grad_freqs, grad_offset, grad_amps, grad_pos_freq
 
 
 def _gather(idx: torch.Tensor, freqs: torch.Tensor, phases: torch.Tensor,

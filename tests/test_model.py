@@ -10,9 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.model_speed import _KernelOpCount
 from spectral_gpt.attention import InterferenceAttention, PureWaveAttention
 from spectral_gpt.config import ABLATIONS, ConfigError, ModelConfig, get_model_size, model_config_for
-from spectral_gpt.embedding import PhysicsWaveEmbedding, WavePacketEmbedding
+from spectral_gpt.embedding import PhysicsWaveEmbedding, WavePacketEmbedding, wave_features
 from spectral_gpt.model import (
     StandardGPT,
     WaveGPT,
@@ -180,6 +181,42 @@ def test_v1_embedding_matches_spec_formula_element_by_element() -> None:
     r = torch.sigmoid(emb.wave_ratio_logit)
     expected = emb.norm(r * emb.wave_proj(feats) + (1 - r) * emb.simple_embed(idx))
     torch.testing.assert_close(emb(idx), expected, atol=1e-5, rtol=1e-5)
+
+
+def plain_wave_features(freqs, phases, amps, pos_freq):
+    """What _WaveFeatures replaces, through autograd (the spec formula above, vectorised)."""
+    T, K = freqs.size(1), amps.size(-1)
+    positions = torch.arange(T, dtype=freqs.dtype)
+    harmonics = torch.arange(1, K + 1, dtype=freqs.dtype)
+    theta = (2 * math.pi * harmonics * freqs.unsqueeze(-1) + phases.unsqueeze(-1)
+             + (positions[:, None] * pos_freq).unsqueeze(-1))
+    return torch.cat([(amps * torch.sin(theta)).flatten(-2), (amps * torch.cos(theta)).flatten(-2)], dim=-1)
+
+
+def wave_feature_inputs(dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shapes = [(2, 7, 3), (2, 7, 3), (2, 7, 3, 4), (3,)]
+    return [torch.randn(s, generator=g, dtype=dtype, requires_grad=True) for s in shapes]
+
+
+def test_wave_features_gradients_match_autograd_through_the_plain_expression() -> None:
+    inputs = wave_feature_inputs(torch.float64)
+    assert torch.autograd.gradcheck(wave_features, inputs)
+    grad = torch.randn(2, 7, 24, dtype=torch.float64)
+    got = torch.autograd.grad(wave_features(*inputs), inputs, grad)
+    want = torch.autograd.grad(plain_wave_features(*inputs), inputs, grad)
+    for name, g, w in zip(("freqs", "phases", "amps", "pos_freq"), got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_wave_features_run_fewer_kernels_than_the_plain_expression() -> None:
+    inputs = wave_feature_inputs(torch.float32)
+    counts = []
+    for features in (wave_features, plain_wave_features):
+        with _KernelOpCount() as mode:
+            torch.autograd.grad(features(*inputs).sum(), inputs)
+        counts.append(mode.count)
+    assert counts[0] < counts[1], counts
 
 
 def test_wave_ratio_round_trip_and_effect() -> None:
