@@ -3,8 +3,9 @@
 Shapes: x is (B,T,d); wave queries/keys are (B,h,T,W) with W = num_waves per head; values are
 (B,h,T,D) with D = d/h. Every variant is causal: position p never sees positions > p.
 Where a variant is softmax attention (standard, interference) it runs through
-``F.scaled_dot_product_attention`` so it gets fused kernels; pure-wave attention is not a softmax and
-is written out (its quadratic mode as one autograd Function that works in place on the T x T matrix).
+``F.scaled_dot_product_attention`` so it gets fused kernels (:func:`causal_softmax_attention`);
+pure-wave attention is not a softmax and is written out (its quadratic mode as one autograd Function
+that works in place on the T x T matrix).
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ def _project(x: torch.Tensor, *groups: tuple[nn.Linear, ...]) -> tuple[torch.Ten
     bias = torch.cat([linear.bias for linear in linears])
     widths = [sum(linear.out_features for linear in group) for group in groups]
     return F.linear(x, weight, bias).split(widths, dim=-1)
+
+
+def causal_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float,
+                             scale: float | None = None) -> torch.Tensor:
+    """``dropout(softmax(q kᵀ · scale, causal)) v``, scale 1/sqrt(E) when None, on (B,h,T,·) heads.
+
+    ``F.scaled_dot_product_attention`` wherever it has a fused kernel. On a CPU with dropout it has
+    none: its math path draws the mask with ``bernoulli_``, one double at a time, which was 31 % of
+    an interference layer's training time on 2 cores (profiled). There, in float32 (a CPU's
+    precision), the same expression is written out with the models' own CPU mask
+    (:func:`spectral_gpt.dropout.dropout_with_mask`). Under bf16 autocast a CPU keeps SDPA, whose
+    math path computes in float32 where written-out products would run emulated bf16 matmuls.
+    """
+    if dropout == 0.0 or q.device.type != "cpu" or q.dtype != torch.float32 or torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, scale=scale)
+    T = q.size(-2)
+    scores = (q @ k.transpose(-1, -2)).mul_(q.size(-1) ** -0.5 if scale is None else scale)
+    scores.masked_fill_(torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
+    return dropout_with_mask(torch.softmax(scores, dim=-1), dropout)[0] @ v
 
 
 class _UnitRows(torch.autograd.Function):
@@ -143,8 +163,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B,T,d) -> (B,T,d)."""
         q, k, v = (_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = causal_softmax_attention(q, k, v, self.dropout if self.training else 0.0)
         return self.o_proj(_merge_heads(y))
 
 
@@ -181,8 +200,7 @@ class InterferenceAttention(nn.Module):
         dtype = _autocast_dtype(x)  # SDPA's: q̂ and k̂ are written in it, not cast to it
         q, k = _UnitRows.apply(_head_pairs(qk, self.num_heads), offsets, divisors, 1e-12, dtype).unbind(0)
         v = _heads(v, self.num_heads)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0, scale=1.0)
+        y = causal_softmax_attention(q, k, v, self.dropout if self.training else 0.0, scale=1.0)
         return self.o_proj(_merge_heads(y))
 
 

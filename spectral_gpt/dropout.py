@@ -3,7 +3,8 @@
 PyTorch's CPU dropout draws one double-precision Bernoulli sample per element, one element at a
 time; on the small wave model that was a quarter of a CPU training step (profiled: ``aten::bernoulli_``
 25-29 % of a step of either model). Here a CPU mask is one 31-bit integer per element compared with
-``p · 2^31``: the same Bernoulli(1 - p) mask (p rounded to a multiple of 2^-31), 2.5x faster. Other
+``p · 2^31``: the same Bernoulli(1 - p) mask (p rounded to a multiple of 2^-31), 2.5x faster; the
+softmax attentions draw theirs here too (:func:`spectral_gpt.attention.causal_softmax_attention`). Other
 devices keep PyTorch's own kernel (Philox, fused), and so does code under ``torch.compile``, where
 TorchInductor generates its own fused random numbers and the in-place ``random_`` would split the
 model into one graph per dropout. Both draw from the global generator, so a step seeded by the

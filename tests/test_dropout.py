@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.model_speed import _KernelOpCount
+from spectral_gpt.attention import causal_softmax_attention
 from spectral_gpt.dropout import Dropout, dropout_with_mask
 from spectral_gpt.model import build_model
 
@@ -51,3 +53,36 @@ def test_the_module_acts_only_in_training_and_every_model_dropout_is_it() -> Non
         modules = list(build_model("tiny", ablation).modules())
         assert any(isinstance(m, Dropout) for m in modules)
         assert not any(isinstance(m, nn.Dropout) for m in modules)
+
+
+@pytest.mark.parametrize("ablation", ["standard_transformer", "wave_baseline", "pure_wave", "pure_wave_linear"])
+def test_a_cpu_training_step_of_every_model_draws_no_bernoulli_mask(ablation: str) -> None:
+    """SDPA's CPU math path would draw the attention dropout with ``bernoulli_`` (slow); no dropout
+    of any model does, attention included."""
+    torch.manual_seed(0)
+    model = build_model("tiny", ablation).train()
+    assert model.cfg.dropout > 0
+    idx = torch.randint(0, model.cfg.vocab_size, (2, 16))
+    with _KernelOpCount() as mode:
+        model(idx, idx)[1].backward()
+    assert mode.by_name["bernoulli_"] == 0 and mode.by_name["random_"] > 0, dict(mode.by_name)
+
+
+@pytest.mark.parametrize("scale", [None, 1.0])
+def test_cpu_attention_dropout_is_softmax_attention_with_the_models_mask(scale: float | None) -> None:
+    """The written-out CPU path: SDPA's function (checked without dropout) with dropout_with_mask's
+    mask on the probabilities (checked against that mask drawn under the same seed)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 4, generator=g, requires_grad=True) for _ in range(3))
+    scores = (q @ k.transpose(-1, -2)) * (0.5 if scale is None else scale)
+    probs = torch.softmax(scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf")), dim=-1)
+    torch.manual_seed(4)
+    want = dropout_with_mask(probs, 0.4)[0] @ v
+    torch.manual_seed(4)
+    got = causal_softmax_attention(q, k, v, 0.4, scale)
+    torch.testing.assert_close(got, want)
+    grads = [torch.autograd.grad(out.sum(), (q, k, v)) for out in (got, want)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    torch.testing.assert_close(probs @ v, sdpa)
