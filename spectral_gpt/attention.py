@@ -20,7 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from spectral_gpt.config import ModelConfig
 from spectral_gpt.dropout import dropout_with_mask
-from spectral_gpt.linear_attention import causal_linear_attention
+from spectral_gpt.linear_attention import causal_linear_attention_of_pair
 
 
 def _heads(t: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -326,7 +326,7 @@ class PureWaveAttention(nn.Module):
         """(B,T,d) -> (B,T,d)."""
         pair, v = self._wave_pair(x)
         if self.mode == "linear":
-            y = causal_linear_attention(*self.kernel(pair).unbind(0), v, self.chunk_size)
+            y = causal_linear_attention_of_pair(self.kernel(pair), v, self.chunk_size)
         else:
             y = self._quadratic(*pair.unbind(0), v)
         return self.o_proj(_merge_heads(y))

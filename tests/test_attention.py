@@ -15,10 +15,10 @@ from spectral_gpt.attention import (
     PureWaveAttention,
     _PureWaveWeights,
     _UnitRows,
-    causal_linear_attention,
 )
 from spectral_gpt.config import ModelConfig
 from spectral_gpt.dropout import dropout_with_mask
+from spectral_gpt.linear_attention import causal_linear_attention
 
 B, T = 2, 37  # T deliberately not a multiple of any chunk size used below
 
@@ -357,6 +357,6 @@ def test_linear_mode_memory_does_not_hold_a_per_position_state() -> None:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         causal_linear_attention(q, k, v, chunk_size=64).sum().backward()
     per_position_state = b * h * t * w * d
-    assert max(saved) <= per_position_state // 16
+    assert max(saved) <= b * h * t * (d + 1)  # the values and their column of ones: 1/w of such a state
     assert sum(saved) < per_position_state // 2
     assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
