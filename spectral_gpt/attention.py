@@ -228,8 +228,8 @@ each is exactly 0 where y = κ(-inf) = 0, so future positions get zero gradient.
 
 
 class _PureWaveWeights(torch.autograd.Function):
-    """``dropout(κ(causal(q kᵀ))) v · rows`` for (B,h,T,W) q, k, (B,h,T,D) v and (T,1) row factors,
-    with a hand-written backward.
+    """``dropout(κ(causal((q·g) kᵀ))) v · rows`` for a (2,B,h,T,W) query/key pair, per-head scales
+    g (h,), (B,h,T,D) v and (T,1) row factors, with a hand-written backward.
 
     Autograd through the plain expression allocates a fresh (B,h,T,T) tensor for every elementwise
     step and keeps four of them for the backward; on CPUs, where the allocation of such a tensor costs
@@ -237,17 +237,19 @@ class _PureWaveWeights(torch.autograd.Function):
     and passed through the kernel in place, and the backward keeps only the kernel output, the
     dropped-out weights and the dropout mask. The mask is the models' own
     (:func:`spectral_gpt.dropout.dropout_with_mask`), so tests/test_attention.py can check outputs
-    and gradients against the plain expression with dropout on, drawing the same mask. The row
-    factors scale the product in its own dtype and place, so no float32 copy of it is cast back
-    for the output projection.
+    and gradients against the plain expression with dropout on, drawing the same mask. Under
+    autocast the queries are scaled and cast in one kernel, the row factors scale the product in
+    its own dtype and place, and the gradients come back in float32 without separate casts.
     """
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, kernel: str,
-                dropout: float) -> torch.Tensor:
-        dtype = _autocast_dtype(q)
-        if dtype is not None:  # one dtype for the hand-written backward too
-            q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    def forward(ctx: Any, qk: torch.Tensor, scales: torch.Tensor, v: torch.Tensor, rows: torch.Tensor,
+                kernel: str, dropout: float) -> torch.Tensor:
+        dtype = _autocast_dtype(qk) or qk.dtype  # one dtype for the hand-written backward too
+        unit_q, k = qk.unbind(0)
+        scales = scales.view(1, -1, 1, 1)
+        q = torch.mul(unit_q, scales, out=_buffer_like(unit_q, dtype)).to(dtype)
+        k, v = k.to(dtype), v.to(dtype)
         T = q.size(2)
         scores = q @ k.transpose(-1, -2)
         future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
@@ -257,20 +259,23 @@ class _PureWaveWeights(torch.autograd.Function):
         if dropout > 0.0:
             weights, keep = dropout_with_mask(kernel_out, dropout)
         ctx.kernel, ctx.dropout = kernel, dropout
-        ctx.save_for_backward(q, k, v, rows, kernel_out, weights, keep)
+        ctx.save_for_backward(unit_q, scales, q, k, v, rows, kernel_out, weights, keep)
         return (weights @ v).mul_(rows)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, rows, kernel_out, weights, keep = ctx.saved_tensors
+        unit_q, scales, q, k, v, rows, kernel_out, weights, keep = ctx.saved_tensors
         grad = torch.mul(grad, rows, out=_buffer_like(grad, grad.dtype)).to(grad.dtype)
         grad_v = weights.transpose(-1, -2) @ grad
         grad_scores = grad @ v.transpose(-1, -2)
         if keep is not None:
             grad_scores.mul_(keep).mul_(1.0 / (1.0 - ctx.dropout))
         grad_scores.mul_(_KERNEL_SLOPES[ctx.kernel](kernel_out))
-        return grad_scores @ k, grad_scores.transpose(-1, -2) @ q, grad_v, None, None, None
+        grad_q = grad_scores @ k  # of the scaled queries; its products with the float32 ones are float32
+        grad_scales = (grad_q * unit_q).sum(dim=(0, 2, 3)) if ctx.needs_input_grad[1] else None
+        grad_qk = torch.stack([grad_q * scales, grad_scores.transpose(-1, -2) @ q])
+        return grad_qk, grad_scales, grad_v, None, None, None
 
 
 class PureWaveAttention(nn.Module):
@@ -328,17 +333,17 @@ class PureWaveAttention(nn.Module):
         if self.mode == "linear":
             y = causal_linear_attention_of_pair(self.kernel(pair), v, self.chunk_size)
         else:
-            y = self._quadratic(*pair.unbind(0), v)
+            y = self._quadratic(pair, v)
         return self.o_proj(_merge_heads(y))
 
-    def _quadratic(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _quadratic(self, qk: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         # A = dropout(κ(g_h q̂·k̂) / sqrt(p+1)) and out = A v, rearranged so that only the unavoidable
         # passes touch the (B,h,T,T) matrix: g_h scales q (B,h,T,W) before the product, and the row
         # factor 1/sqrt(p+1) scales the output rows (B,h,T,D) after it (dropout's mask is elementwise,
         # so it commutes with both). Same function up to float rounding (tests/test_attention.py).
-        rows = torch.arange(1, q.size(2) + 1, device=q.device, dtype=q.dtype).rsqrt()[:, None]
+        rows = torch.arange(1, qk.size(3) + 1, device=qk.device, dtype=qk.dtype).rsqrt()[:, None]
         dropout = self.dropout if self.training else 0.0
-        return _PureWaveWeights.apply(q * self.head_scale.view(1, -1, 1, 1), k, v, rows, self.kernel_name, dropout)
+        return _PureWaveWeights.apply(qk, self.head_scale, v, rows, self.kernel_name, dropout)
 
 
 def build_attention(cfg: ModelConfig) -> nn.Module:

@@ -151,16 +151,17 @@ def test_quadratic_mode_trains_exactly_like_the_plain_expression(kernel: str) ->
 def test_pure_wave_weights_backward_passes_gradcheck(kernel: str) -> None:
     """Float64 finite differences, with the dropout mask fixed by reseeding before every evaluation."""
     g = torch.Generator().manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 5, n, generator=g, dtype=torch.float64, requires_grad=True)
-               for n in (3, 3, 2))
+    qk = torch.randn(2, 1, 2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    scales = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 5, 2, generator=g, dtype=torch.float64, requires_grad=True)
     rows = torch.rand(5, 1, generator=g, dtype=torch.float64) + 0.5
 
-    def weights_with_fixed_mask(q, k, v):
+    def weights_with_fixed_mask(qk, scales, v):
         torch.manual_seed(3)
-        return _PureWaveWeights.apply(q, k, v, rows, kernel, 0.4)
+        return _PureWaveWeights.apply(qk, scales, v, rows, kernel, 0.4)
 
-    assert torch.autograd.gradcheck(weights_with_fixed_mask, (q, k, v))
-    assert torch.autograd.gradcheck(lambda q, k, v: _PureWaveWeights.apply(q, k, v, rows, kernel, 0.0), (q, k, v))
+    assert torch.autograd.gradcheck(weights_with_fixed_mask, (qk, scales, v))
+    assert torch.autograd.gradcheck(lambda *a: _PureWaveWeights.apply(*a, rows, kernel, 0.0), (qk, scales, v))
 
 
 def plain_unit_rows(x, offset, divisor, eps):
