@@ -35,12 +35,11 @@ def _linear_attention(cfg: ModelConfig, T: int, chunk_size: int) -> int:
     h, W, D = cfg.num_heads, cfg.num_waves, cfg.head_dim
     C = min(chunk_size, T)
     padded = math.ceil(T / C) * C
-    chunk_kv = 2 * padded * W * D          # kᵀ v per chunk
-    local_scores = 2 * padded * C * W      # q kᵀ inside a chunk
-    local_values = 2 * padded * C * D      # local @ v
-    carried = 2 * padded * W * D           # q @ S (earlier chunks)
-    normaliser = 2 * padded * W            # q @ Z
-    return h * (chunk_kv + local_scores + local_values + carried + normaliser)
+    chunk_kv = 2 * padded * W * (D + 1)      # kᵀ [v | 1] per chunk: the running sums S and Z together
+    local_scores = 2 * padded * C * W        # q kᵀ inside a chunk
+    local_values = 2 * padded * C * (D + 1)  # local @ [v | 1]: values and the normaliser's local part
+    carried = 2 * padded * W * (D + 1)       # q @ [S | Z] (earlier chunks)
+    return h * (chunk_kv + local_scores + local_values + carried)
 
 
 def _attention(cfg: ModelConfig, T: int, chunk_size: int) -> tuple[int, int]:
