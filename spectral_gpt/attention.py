@@ -93,12 +93,12 @@ class _UnitRows(torch.autograd.Function):
 
     Both wave attentions turn their queries and keys into unit vectors over each head's W waves:
     interference shifts them by its learned phase offsets first and divides queries by its learned
-    temperature (a 0-dim tensor), pure-wave scales both by a constant. A small wave model on a GPU
-    is bound by kernel launches, not FLOPs: on the H200 its tokens/s ratio to the standard GPT
-    matched their kernel-count ratio within 0.02 (benchmarks/model_speed.py). So a query of
-    interference attention under autocast runs 17 operators here, forward and backward, where
-    autograd through the plain expression and its casts runs 29 (normalize alone is 17, with its
-    clamp and zero-norm masks):
+    temperature (the pair by [tau, 1], a broadcast tensor), pure-wave scales both by a constant. A
+    small wave model on a GPU is bound by kernel launches, not FLOPs: on the H200 its tokens/s ratio
+    to the standard GPT matched their kernel-count ratio within 0.02 (benchmarks/model_speed.py). So
+    a query of interference attention under autocast runs 17 operators here, forward and backward,
+    where autograd through the plain expression and its casts runs 29 (normalize alone is 17, with
+    its clamp and zero-norm masks):
 
     * the result is written in ``dtype`` (what the next kernel reads, e.g. bf16 for SDPA under
       autocast), so no separate cast runs forward, nor its mirror backward;
