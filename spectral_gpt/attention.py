@@ -96,9 +96,9 @@ class _UnitRows(torch.autograd.Function):
     temperature (the pair by [tau, 1], a broadcast tensor), pure-wave scales both by a constant. A
     small wave model on a GPU is bound by kernel launches, not FLOPs: on the H200 its tokens/s ratio
     to the standard GPT matched their kernel-count ratio within 0.02 (benchmarks/model_speed.py). So
-    a query of interference attention under autocast runs 17 operators here, forward and backward,
-    where autograd through the plain expression and its casts runs 29 (normalize alone is 17, with
-    its clamp and zero-norm masks):
+    interference's query/key pair under autocast, forward and backward, runs 36 fewer operators here
+    than autograd through the two plain expressions and their casts (normalize alone is 17 a call,
+    with its clamp and zero-norm masks):
 
     * the result is written in ``dtype`` (what the next kernel reads, e.g. bf16 for SDPA under
       autocast), so no separate cast runs forward, nor its mirror backward;
