@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.model_speed import _KernelOpCount
+from benchmarks.model_speed import _fixed_batch, _kernel_ops_per_step, _KernelOpCount, _variant
+from spectral_gpt import physics
 from spectral_gpt.attention import _project, _UnitRows
+from spectral_gpt.config import ABLATIONS, TrainConfig
 from spectral_gpt.physics import _resonance_gates
+from spectral_gpt.training import RunSpec, TrainState, train_step
 
 
 def kernel_ops(fn, x: torch.Tensor, *params: torch.Tensor) -> int:
@@ -53,3 +56,18 @@ def test_the_resonance_gate_transforms_weights_and_updates_of_one_shape_together
         gated = _resonance_gates(thetas, updates, 0.5, 1e-8)
     assert [t.shape for t in gated] == [t.shape for t in updates]
     assert mode.by_name["_fft_r2c"] == 2 and mode.by_name["_fft_c2r"] == 2  # one of each per shape
+
+
+def test_rgd_is_counted_with_its_transforms_batched_as_on_a_gpu():
+    """A CPU caps RGD's FFT batches to its caches (the small model's MLP weights go one by one); the
+    count stacks them as a GPU does, then leaves the CPU's cap as it was."""
+    cap = dict(physics._GATE_BATCH_ELEMENTS)
+    cfg, exp = _variant("small", ABLATIONS["standard_transformer"], optimizer="rgd")
+    counted = _kernel_ops_per_step({"rgd": (cfg, exp)})["rgd"]
+    assert physics._GATE_BATCH_ELEMENTS == cap
+    state = TrainState(RunSpec(cfg, exp, TrainConfig(steps=100, batch_size=1, precision="bf16")))
+    batch_fn = _fixed_batch(cfg.vocab_size, 1, cfg.block_size)
+    train_step(state, batch_fn)
+    with _KernelOpCount() as mode:
+        train_step(state, batch_fn)
+    assert counted < mode.count, (counted, mode.count)
