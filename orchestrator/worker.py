@@ -24,7 +24,7 @@ import torch
 
 from orchestrator.monitoring import collect_hardware_info
 from orchestrator.settings import RunSettings
-from orchestrator.snapshot import CopiesLanded, snapshot
+from orchestrator.snapshot import CopiesLanded, Snapshot, snapshot
 from orchestrator.wire import to_wire
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
 from spectral_gpt.training import NonFiniteLossError, StepResult, TrainState, compiled, evaluate, train_step
@@ -48,8 +48,8 @@ class _Sink:
     attempt: int
     inflight_rows: list[Any] = field(default_factory=list)
     inflight_save: Future | None = None
-    buffers: Any = None
-    """The last snapshot: CPU tensors the next one is copied into."""
+    buffers: Snapshot | None = None
+    """The last snapshot: the CPU buffers the next one is copied into."""
     handoff: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-handoff"))
 

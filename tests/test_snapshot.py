@@ -6,7 +6,8 @@ import pytest
 import torch
 from test_device_parity import DEVICES
 
-from orchestrator.snapshot import CopiesLanded, snapshot
+from orchestrator import snapshot as snapshot_module
+from orchestrator.snapshot import CopiesLanded, snapshot, tensors_of
 
 
 def _state(device: str, scale: float = 1.0) -> dict:
@@ -22,7 +23,7 @@ def _state(device: str, scale: float = 1.0) -> dict:
 def test_snapshot_holds_the_values_of_its_moment_while_training_updates_in_place(device):
     state = _state(device)
     expected = {k: v.cpu().clone() for k, v in state["model"].items()}
-    copy = snapshot(state)
+    copy = snapshot(state).state
     landed = CopiesLanded(state)
     state["model"]["w"].mul_(-1.0).add_(7.0)  # the next optimiser step, queued right behind the copy
     state["model"]["b"].zero_()
@@ -34,14 +35,36 @@ def test_snapshot_holds_the_values_of_its_moment_while_training_updates_in_place
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_the_next_snapshot_reuses_the_buffers_of_the_last(device):
+def test_the_next_snapshot_reuses_the_buffers_of_the_last_unless_a_tensor_changed(device):
     first = snapshot(_state(device))
     CopiesLanded(_state(device)).synchronize()
-    pointers = [first["model"]["w"].data_ptr(), first["optimizer"]["state"][0]["exp_avg"].data_ptr()]
+    pointers = {group: buffer.data_ptr() for group, buffer in first.buffers.items()}
     later_state = _state(device, scale=2.0)
-    later_state["model"]["b"] = torch.zeros(6, device=device)  # a tensor that changed shape gets a new buffer
     second = snapshot(later_state, into=first)
     CopiesLanded(later_state).synchronize()
-    assert [second["model"]["w"].data_ptr(), second["optimizer"]["state"][0]["exp_avg"].data_ptr()] == pointers
-    assert torch.equal(second["model"]["w"], later_state["model"]["w"].cpu())
-    assert second["model"]["b"].shape == (6,)
+    assert {group: buffer.data_ptr() for group, buffer in second.buffers.items()} == pointers
+    assert torch.equal(second.state["model"]["w"], later_state["model"]["w"].cpu())
+    later_state["model"]["b"] = torch.zeros(6, device=device)  # another shape: new buffers, the old stay intact
+    third = snapshot(later_state, into=second)
+    CopiesLanded(later_state).synchronize()
+    assert third.state["model"]["b"].shape == (6,) and second.state["model"]["b"].shape == (5,)
+    assert torch.equal(second.state["model"]["w"], third.state["model"]["w"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_each_device_and_dtype_is_gathered_into_one_buffer_in_bounded_pieces(device, monkeypatch):
+    monkeypatch.setattr(snapshot_module, "GATHER_BYTES", 4096)  # several gathers, and tensors larger than one
+    g = torch.Generator().manual_seed(0)
+    state = {"w": torch.randn(40, 30, generator=g).to(device), "t": torch.randn(30, 50, generator=g).to(device).t(),
+             "half": torch.randn(300, generator=g).to(device, torch.bfloat16), "ids": torch.arange(9).to(device),
+             "scalar": torch.tensor(1.5, device=device), "empty": torch.zeros(0, 3, device=device),
+             "cpu_step": torch.tensor(7.0), "rows": [torch.randn(5, 3, generator=g).to(device) for _ in range(40)]}
+    snap = snapshot(state)
+    CopiesLanded(state).synchronize()
+    groups = {(t.device, t.dtype) for t in tensors_of(state)}
+    assert set(snap.buffers) == groups  # float32, bfloat16 and int64 on the device, float32 on the CPU
+    for source, copy in zip(tensors_of(state), tensors_of(snap.state), strict=True):
+        assert copy.device.type == "cpu" and copy.dtype == source.dtype and copy.shape == source.shape
+        assert torch.equal(copy, source.cpu())
+        assert copy.untyped_storage().data_ptr() == snap.buffers[(source.device, source.dtype)].data_ptr()
+    assert sum(b.numel() for b in snap.buffers.values()) == sum(t.numel() for t in tensors_of(state))

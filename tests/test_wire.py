@@ -6,6 +6,7 @@ import pickle
 
 import torch
 
+from orchestrator.snapshot import snapshot
 from orchestrator.wire import from_wire, to_wire
 from spectral_gpt.config import TrainConfig, get_ablation, model_config_for
 from spectral_gpt.training import RunSpec, TrainState
@@ -13,7 +14,7 @@ from spectral_gpt.training import RunSpec, TrainState
 
 def _roundtrip(state):
     buffers = []
-    payload = pickle.dumps(to_wire(state), protocol=5, buffer_callback=buffers.append)
+    payload = pickle.dumps(to_wire(snapshot(state)), protocol=5, buffer_callback=buffers.append)
     return from_wire(pickle.loads(payload, buffers=buffers)), buffers
 
 
@@ -25,10 +26,12 @@ def test_every_dtype_shape_and_nesting_comes_back_bit_for_bit():
         "name": "x",
     }
     back, buffers = _roundtrip(state)
-    assert len(buffers) == 9  # every tensor went out-of-band, i.e. without pickling its bytes in-line
+    # Every tensor went out-of-band, i.e. without pickling its bytes in-line: one buffer per dtype.
+    assert len(buffers) == 5
     for key in ("f32", "bf16", "i64", "bool", "scalar", "rng", "transposed"):
         assert back[key].dtype == state[key].dtype and back[key].shape == state[key].shape
         assert torch.equal(back[key], state[key])
+        assert back[key].untyped_storage().nbytes() == back[key].nbytes  # saving one writes only its bytes
     assert torch.equal(back["nested"][0], torch.ones(2)) and isinstance(back["nested"][1], tuple)
     assert back["step"] == 11 and back["name"] == "x"
 
