@@ -136,14 +136,16 @@ class _KernelOpCount(TorchDispatchMode):
 
 
 def _kernel_ops_per_step(variants: dict[str, Variant]) -> dict[str, int]:
-    """Kernel-running operators of one bf16 training step of each variant, as a GPU trains it (the
-    count does not depend on the batch, so batch 1). A model too small to fill a GPU is bound by
-    kernel launches, not FLOPs: on the H200 the AdamW wave variants' tokens/s ratios to the standard
-    GPT (0.34, 0.42, 0.50, 0.83) were their inverse count ratios (0.36, 0.43, 0.51, 0.84) to within
-    0.02, so the count is what a CPU can see of that GPU figure. RGD stacks its matrices per FFT as
-    on a GPU while counting (a CPU caps its batches to its caches, ``_GATE_BATCH_ELEMENTS``, and ran
-    30 transforms for the small model where a GPU runs 6): so counted, the standard GPT with RGD
-    reads 0.87, where the H200 measured 0.89."""
+    """Kernel-running operators of one bf16 training step of each variant, as this device trains it
+    (the count does not depend on the batch, so batch 1). A model too small to fill a GPU is bound by
+    kernel launches, not FLOPs: counted on an H200, the AdamW wave variants' inverse count ratios to
+    the standard GPT (0.62, 0.49, 0.45, 0.82 for interference, quadratic, linear, softmax) were within
+    0.05 of their measured tokens/s ratios (0.63, 0.54, 0.49, 0.87). Only a count on the GPU predicts
+    the GPU: on a CPU, SDPA runs as its math path (about 30 operators, one fused kernel on a GPU) and
+    dropout as the CPU mask, which inflates the standard GPT more than the wave model (a CPU count
+    predicted 0.71 for interference). RGD stacks its matrices per FFT as on a GPU while counting (a
+    CPU caps its batches to its caches, ``_GATE_BATCH_ELEMENTS``, and ran 30 transforms for the small
+    model where a GPU runs 6)."""
     counts = {}
     for name, (cfg, exp) in variants.items():
         state = TrainState(RunSpec(cfg, exp, TrainConfig(steps=10**9, batch_size=1, precision="bf16")), _device())

@@ -47,15 +47,17 @@ def _bare_loop_tokens_per_sec(settings, threads: int) -> float:
 def orchestration_overhead(quick: bool = False) -> dict[str, Any]:
     """tokens/s of a real monitored 1-worker run / a bare loop of the same model, batch and threads.
 
-    On a machine with a GPU both sides train on it (the run with ``--gpu``: one worker, NCCL).
+    On a machine with a GPU both sides train on it (the run with ``--gpu``: one worker, NCCL). Both
+    train on the threads `spectral-gpt train` gives its one worker: every core but one on a CPU, and
+    beside a GPU Ray Train's default, one (the kernels run on the GPU).
     """
     steps = 200 if quick else 1000
-    threads = default_cpus_per_worker(usable_cpus(), 1)  # what `spectral-gpt train` gives its one worker
+    gpu = torch.cuda.is_available()
+    threads = 1 if gpu else default_cpus_per_worker(usable_cpus(), 1)
     with tempfile.TemporaryDirectory() as out:
         settings = build_run_settings(steps=steps, output=out, name="overhead", resume="never",
                                       monitoring=MonitoringSettings(checkpoint_interval=250, viz_interval=500),
-                                      scaling=ScalingSettings(use_gpu=torch.cuda.is_available(),
-                                                              cpus_per_worker=threads))
+                                      scaling=ScalingSettings(use_gpu=gpu, cpus_per_worker=None if gpu else threads))
         bare = _bare_loop_tokens_per_sec(settings, threads)
         outcome = run_training(settings)
     ours = outcome.final_metrics["tokens_per_second"]

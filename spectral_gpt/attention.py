@@ -94,8 +94,8 @@ class _UnitRows(torch.autograd.Function):
     Both wave attentions turn their queries and keys into unit vectors over each head's W waves:
     interference shifts them by its learned phase offsets first and divides queries by its learned
     temperature (the pair by [tau, 1], a broadcast tensor), pure-wave scales both by a constant. A
-    small wave model on a GPU is bound by kernel launches, not FLOPs: on the H200 its tokens/s ratio
-    to the standard GPT matched their kernel-count ratio within 0.02 (benchmarks/model_speed.py). So
+    small wave model on a GPU is bound by kernel launches, not FLOPs: on an H200 its tokens/s ratios
+    to the standard GPT matched their kernel-count ratios within 0.05 (benchmarks/model_speed.py). So
     interference's query/key pair under autocast, forward and backward, runs 36 fewer operators here
     than autograd through the two plain expressions and their casts (normalize alone is 17 a call,
     with its clamp and zero-norm masks):
