@@ -61,9 +61,12 @@ class _Sink:
 
     def prepare(self, state: dict[str, Any]) -> None:
         """Allocate the snapshot buffers now (after the first step, when the optimiser state exists),
-        so the first checkpoint costs no more than the later ones."""
+        and have the object store fault in the memory a checkpoint of this size takes, in the
+        background, so the first checkpoint costs no more than the later ones (the first put of a
+        177 MB state took 160-180 ms on 2 cores, the next ones 25-55 ms)."""
         self.buffers = snapshot(state)
         CopiesLanded(state).synchronize()
+        self.handoff.submit(_touch_object_store, to_wire(self.buffers))
 
     def save(self, step: int, state: dict[str, Any], val_loss: float | None) -> None:
         if self.inflight_save is not None:
@@ -81,6 +84,10 @@ class _Sink:
         ray.get([*self.inflight_rows, *saves])
         self.inflight_rows, self.inflight_save = [], None
         self.handoff.shutdown()
+
+
+def _touch_object_store(wire_state: Any) -> None:
+    ray.put(wire_state)  # dropped at once: the store keeps the memory it faulted in for the next object
 
 
 def _metric_row(result: StepResult, started: float, tokens_since_start: int, step_time: float) -> dict[str, Any]:
