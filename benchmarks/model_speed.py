@@ -135,7 +135,7 @@ class _KernelOpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _kernel_ops_per_step(variants: dict[str, Variant]) -> dict[str, int]:
+def _kernel_ops_per_step(variants: dict[str, Variant]) -> dict[str, collections.Counter[str]]:
     """Kernel-running operators of one bf16 training step of each variant, as this device trains it
     (the count does not depend on the batch, so batch 1). A model too small to fill a GPU is bound by
     kernel launches, not FLOPs: counted on an H200, the AdamW wave variants' inverse count ratios to
@@ -145,7 +145,7 @@ def _kernel_ops_per_step(variants: dict[str, Variant]) -> dict[str, int]:
     dropout as the CPU mask, which inflates the standard GPT more than the wave model (a CPU count
     predicted 0.71 for interference). RGD stacks its matrices per FFT as on a GPU while counting (a
     CPU caps its batches to its caches, ``_GATE_BATCH_ELEMENTS``, and ran 30 transforms for the small
-    model where a GPU runs 6)."""
+    model where a GPU runs 6). Each variant's count is by operator name."""
     counts = {}
     for name, (cfg, exp) in variants.items():
         state = TrainState(RunSpec(cfg, exp, TrainConfig(steps=10**9, batch_size=1, precision="bf16")), _device())
@@ -154,8 +154,16 @@ def _kernel_ops_per_step(variants: dict[str, Variant]) -> dict[str, int]:
             train_step(state, batch_fn)  # the optimiser state exists from the second step on
             with _KernelOpCount() as mode:
                 train_step(state, batch_fn)
-        counts[name] = mode.count
+        counts[name] = mode.by_name
     return counts
+
+
+def _ops_beyond(counts: collections.Counter[str], baseline: collections.Counter[str]) -> dict[str, int]:
+    """Operators ``counts`` runs more (or fewer, negative) times than ``baseline``, largest first: where
+    a variant's extra kernel launches come from."""
+    diff = collections.Counter(counts)
+    diff.subtract(baseline)
+    return {op: n for op, n in sorted(diff.items(), key=lambda item: (-abs(item[1]), item[0])) if n}
 
 
 def _plan_details(plan: _Plan, cfg: ModelConfig) -> dict[str, Any]:
@@ -194,13 +202,16 @@ def wave_vs_standard(quick: bool = False, size: str | None = None) -> dict[str, 
     baseline = speed["standard+adamw"]
     ratios = {name: tps / baseline for name, tps in speed.items() if name != "standard+adamw"}
     worst = min((name for name in ratios if name.startswith("wave_")), key=ratios.get)
-    kernel_ops = _kernel_ops_per_step(variants)
+    ops_by_name = _kernel_ops_per_step(variants)
+    kernel_ops = {name: ops.total() for name, ops in ops_by_name.items()}
     return result("wave_vs_standard", speed[worst], "tokens/s", baseline, ">= 0.7",
                   headline=f"worst wave variant: {worst}", ratios=ratios,
                   wave_baseline_ratio=ratios["wave_interference+adamw"], tokens_per_sec=speed,
                   kernel_ops_per_step=kernel_ops,
                   launch_bound_ratios={name: kernel_ops["standard+adamw"] / ops for name, ops in kernel_ops.items()
                                        if name != "standard+adamw"},
+                  kernel_ops_beyond_standard={name: _ops_beyond(ops, ops_by_name["standard+adamw"])
+                                              for name, ops in ops_by_name.items() if name != "standard+adamw"},
                   **_plan_details(plan, variants[worst][0]))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.model_speed import _fixed_batch, _kernel_ops_per_step, _KernelOpCount, _variant
+from benchmarks.model_speed import _fixed_batch, _kernel_ops_per_step, _KernelOpCount, _ops_beyond, _variant
 from spectral_gpt import physics
 from spectral_gpt.attention import _project, _UnitRows
 from spectral_gpt.config import ABLATIONS, TrainConfig
@@ -63,7 +63,7 @@ def test_rgd_is_counted_with_its_transforms_batched_as_on_a_gpu():
     count stacks them as a GPU does, then leaves the CPU's cap as it was."""
     cap = dict(physics._GATE_BATCH_ELEMENTS)
     cfg, exp = _variant("small", ABLATIONS["standard_transformer"], optimizer="rgd")
-    counted = _kernel_ops_per_step({"rgd": (cfg, exp)})["rgd"]
+    counted = _kernel_ops_per_step({"rgd": (cfg, exp)})["rgd"].total()
     assert physics._GATE_BATCH_ELEMENTS == cap
     state = TrainState(RunSpec(cfg, exp, TrainConfig(steps=100, batch_size=1, precision="bf16")))
     batch_fn = _fixed_batch(cfg.vocab_size, 1, cfg.block_size)
@@ -71,3 +71,14 @@ def test_rgd_is_counted_with_its_transforms_batched_as_on_a_gpu():
     with _KernelOpCount() as mode:
         train_step(state, batch_fn)
     assert counted < mode.count, (counted, mode.count)
+
+
+def test_a_variants_extra_operators_are_listed_by_name_against_the_baseline():
+    cfg, exp = _variant("tiny", ABLATIONS["standard_transformer"])
+    wave_cfg, wave_exp = _variant("tiny", ABLATIONS["wave_baseline"])
+    counts = _kernel_ops_per_step({"standard": (cfg, exp), "wave": (wave_cfg, wave_exp)})
+    beyond = _ops_beyond(counts["wave"], counts["standard"])
+    assert sum(beyond.values()) == counts["wave"].total() - counts["standard"].total()
+    assert all(counts["wave"][op] - counts["standard"][op] == n != 0 for op, n in beyond.items())
+    assert beyond["sin"] > 0 and beyond["cos"] > 0  # the wave embedding's and MLP's sinusoids
+    assert [abs(n) for n in beyond.values()] == sorted((abs(n) for n in beyond.values()), reverse=True)
