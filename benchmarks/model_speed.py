@@ -221,21 +221,29 @@ def compile_speedup(quick: bool = False, size: str | None = None) -> dict[str, A
 
     The wave model's step is many small elementwise wave terms; fusing them is what compilation is
     for, above all on a GPU, where each unfused term is a kernel launch. The standard GPT is measured
-    the same way alongside, and ``wave_vs_standard_compiled`` is wave_vs_standard with both compiled.
-    Compilation happens in the warm-up steps; its seconds are reported, not timed as training.
+    the same way alongside, and ``wave_vs_standard_compiled`` is wave_vs_standard with both compiled
+    (``wave``: the default interference attention); every other wave attention kind is measured too
+    (AdamW), in ``wave_vs_standard_compiled_by_attention``. Compilation happens in the warm-up steps;
+    its seconds are reported, not timed as training.
     """
     plan = _plan(quick, size)
-    models = {"wave": _variant(plan.size, ABLATIONS["wave_baseline"]),
-              "standard": _variant(plan.size, ABLATIONS["standard_transformer"])}
+    wave = ABLATIONS["wave_baseline"]
+    models = {"wave" if kind == "interference" else f"wave_{kind}": _variant(plan.size, wave, **changes)
+              for kind, changes in WAVE_ATTENTIONS.items()}
+    models["standard"] = _variant(plan.size, ABLATIONS["standard_transformer"])
     variants = {f"{model}{suffix}": variant for model, variant in models.items() for suffix in ("", "@compile")}
     started = time.perf_counter()
     speed = _tokens_per_second(variants, plan, {name: {"compile": "default"} for name in variants
                                                 if name.endswith("@compile")})
     speedups = {model: speed[f"{model}@compile"] / speed[model] for model in models}
+    kinds = {kind: "wave" if kind == "interference" else f"wave_{kind}" for kind in WAVE_ATTENTIONS}
     return result("compile_speedup", speed["wave@compile"], "tokens/s", speed["wave"], "report",
                   speedups=speedups, tokens_per_sec=speed,
                   wave_vs_standard_eager=speed["wave"] / speed["standard"],
                   wave_vs_standard_compiled=speed["wave@compile"] / speed["standard@compile"],
+                  wave_vs_standard_eager_by_attention={kind: speed[m] / speed["standard"] for kind, m in kinds.items()},
+                  wave_vs_standard_compiled_by_attention={kind: speed[f"{m}@compile"] / speed["standard@compile"]
+                                                          for kind, m in kinds.items()},
                   seconds_with_compilation=time.perf_counter() - started, compile_mode="default",
                   **_plan_details(plan, models["wave"][0]))
 
