@@ -150,7 +150,7 @@ def _gather(buffer: torch.Tensor, offset: int, sources: list[torch.Tensor]) -> N
     """Copy ``sources``, flattened and back to back, into ``buffer`` from element ``offset``."""
     flat = [t.reshape(-1) for t in sources]
     target = buffer[offset:offset + sum(t.numel() for t in flat)]
-    if not sources[0].is_cuda:
+    if sources[0].device.type == "cpu":
         torch.cat(flat, out=target)
-    else:  # one gather kernel on the device, then one copy to the host
-        target.copy_(torch.cat(flat) if len(flat) > 1 else flat[0], non_blocking=True)
+    else:  # one gather kernel on the device, then one copy to the host (asynchronous from a GPU)
+        target.copy_(torch.cat(flat) if len(flat) > 1 else flat[0], non_blocking=sources[0].is_cuda)
