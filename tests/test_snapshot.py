@@ -68,3 +68,21 @@ def test_each_device_and_dtype_is_gathered_into_one_buffer_in_bounded_pieces(dev
         assert torch.equal(copy, source.cpu())
         assert copy.untyped_storage().data_ptr() == snap.buffers[(source.device, source.dtype)].data_ptr()
     assert sum(b.numel() for b in snap.buffers.values()) == sum(t.numel() for t in tensors_of(state))
+
+
+
+def test_preparing_the_sink_puts_the_whole_snapshot_in_the_object_store_once(ray_session, monkeypatch):
+    """The first checkpoint's hand-off would fault in the object store's memory; prepare does that once,
+    in the background, with the snapshot's own arrays (one per dtype, as a checkpoint travels)."""
+    from orchestrator import worker
+    from orchestrator.wire import WireTensor
+
+    puts, real_put = [], ray_session.put
+    monkeypatch.setattr(worker.ray, "put", lambda value, **kw: puts.append(value) or real_put(value, **kw))
+    sink = worker._Sink(actor=None, attempt=1)
+    sink.prepare(_state("cpu"))
+    sink.handoff.shutdown(wait=True)
+    assert len(puts) == 1 and puts[0]["step"] == 3
+    wired = [*puts[0]["model"].values(), puts[0]["optimizer"]["state"][0]["exp_avg"]]
+    assert all(isinstance(w, WireTensor) for w in wired)
+    assert {w.data.nbytes for w in wired} == {sink.buffers.buffers[(torch.device("cpu"), torch.float32)].nbytes}
