@@ -67,6 +67,22 @@ class MonitoringSettings:
         for name in ("checkpoint_interval", "keep_last", "log_interval", "viz_interval"):
             require_int(name, getattr(self, name))
 
+    def row_due(self, step: int, evaluated: bool, last: bool) -> bool:
+        """Whether rank 0 sends the metric row of ``step``: every ``log_interval``, with every
+        validation loss, and at the end."""
+        return step % self.log_interval == 0 or evaluated or last
+
+    def checkpoint_due(self, step: int, improved: bool, last: bool) -> bool:
+        """Whether ``step`` is checkpointed: every ``checkpoint_interval``, at a new best validation
+        loss, and at the end. Also without monitoring: the actor then keeps it in memory, so a failed
+        worker group still resumes."""
+        return (step > 0 and step % self.checkpoint_interval == 0) or improved or last
+
+    def plots_due(self, step: int, last: bool) -> bool:
+        """Whether the weights of ``step`` go to the actor to be plotted: every ``viz_interval`` and at
+        the end, and never without monitoring, which draws nothing."""
+        return self.enabled and ((step > 0 and step % self.viz_interval == 0) or last)
+
 
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity where the OS has one, as in a container or taskset)."""

@@ -169,15 +169,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if sink.buffers is None:
                 sink.prepare(state.state_dict())
             now = time.perf_counter()
-            if s % mon.log_interval == 0 or val_loss is not None or last:  # the row is built only when sent
+            if mon.row_due(s, val_loss is not None, last):  # the row is built only when sent
                 row = _metric_row(result, started, state.tokens_seen - start_tokens, now - iteration_mark)
                 if val_loss is not None:
                     row.update(val_loss=val_loss, val_perplexity=math.exp(min(val_loss, 50.0)))
                 sink.send(row)
             iteration_mark = now
-            if (s > 0 and s % mon.checkpoint_interval == 0) or improved or last:
+            if mon.checkpoint_due(s, improved, last):
                 sink.save(s, state.state_dict(), val_loss)
-            if (s > 0 and s % mon.viz_interval == 0) or last:
+            if mon.plots_due(s, last):
                 weights = state.model.state_dict()
                 copy = snapshot(weights)
                 CopiesLanded(weights).synchronize()

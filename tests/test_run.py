@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -128,6 +129,19 @@ def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_c
     assert with_worker_cpus(undecided).scaling.cpus_per_worker == 1  # decided from the instance, not left to Ray
     assert outcome.generation_samples and outcome.final_metrics["val_loss"] > 0
     assert not (tmp_path / "quiet").exists()
+
+
+def test_the_monitoring_schedule_and_that_without_monitoring_no_weights_are_sent_for_plots():
+    """Rows, checkpoints and plots at their intervals, at validations, new bests and the end; without
+    monitoring, checkpoints still go to the actor's memory (resume), but no weights for plots."""
+    on = MonitoringSettings(checkpoint_interval=10, log_interval=5, viz_interval=15)
+    off = dataclasses.replace(on, enabled=False)
+    steps = range(27)
+    for mon in (on, off):
+        assert [s for s in steps if mon.row_due(s, evaluated=s == 7, last=s == 26)] == [0, 5, 7, 10, 15, 20, 25, 26]
+        assert [s for s in steps if mon.checkpoint_due(s, improved=s == 13, last=s == 26)] == [10, 13, 20, 26]
+    assert [s for s in steps if on.plots_due(s, last=s == 26)] == [15, 26]
+    assert not any(off.plots_due(s, last=s == 26) for s in steps)
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
