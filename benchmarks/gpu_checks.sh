@@ -9,7 +9,9 @@
 # CHECKS="parity train mfu ..." runs only those sections (default: all, in the order below);
 # PRECISION=fp32|bf16 (default bf16) is what the training runs use. The section "bigger" measures
 # mfu, wave_vs_standard and compile_speedup again at BIGGER_SIZE (default large) into DIR/BIGGER_SIZE,
-# since the small model leaves a big GPU idle between kernel launches.
+# since the small model leaves a big GPU idle between kernel launches. The section "compile_modes" trains
+# the wave model and the standard GPT through `train --gpu --compile MODE` for every MODE (CUDA graphs
+# with reduce-overhead) and eagerly, and tabulates their tokens/s in DIR/compile_modes.txt.
 #
 # ARCHIVE=FILE.tar.gz also packs DIR (checkpoints left out) after every step, so a session cut short
 # by a time limit still carries off everything up to its last finished step.
@@ -18,7 +20,7 @@ out=$(realpath -m "${1:-gpu-results}")
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-checks=${CHECKS:-parity refuse train mfu wave_vs_standard compile_speedup linear_attention_scaling orchestration_overhead checkpoint_stall bigger}
+checks=${CHECKS:-parity refuse train mfu wave_vs_standard compile_speedup compile_modes linear_attention_scaling orchestration_overhead checkpoint_stall bigger}
 train=("$py" -m orchestrator.cli train --gpu --model small --steps 400 --checkpoint-interval 100
        --eval-interval 100 --log-interval 1 --viz-interval 200 --precision "${PRECISION:-bf16}"
        --output "$out/runs")
@@ -84,8 +86,34 @@ for name in mfu wave_vs_standard linear_attention_scaling checkpoint_stall; do
     wanted "$name" && step "$name" 150 "$py" -m benchmarks "$name" --json "$out/$name.json"
 done
 wanted compile_speedup && step compile_speedup 300 "$py" -m benchmarks compile_speedup --json "$out/compile_speedup.json"
-wanted orchestration_overhead && step orchestration_overhead 150 "$py" -m benchmarks orchestration_overhead \
-    --quick --json "$out/orchestration_overhead.json"
+if wanted compile_modes; then
+    for experiment in wave_baseline standard_transformer; do
+        for mode in eager default reduce-overhead max-autotune; do
+            flags=(--compile "$mode")
+            [ "$mode" = eager ] && flags=()
+            step "compile_${experiment}_$mode" 240 "$py" -m orchestrator.cli train --gpu --model small --steps 300 \
+                --experiment "$experiment" --precision "${PRECISION:-bf16}" --name "${experiment}_$mode" \
+                --output "$out/compile_runs" --log-interval 1 --eval-interval 300 --checkpoint-interval 300 \
+                --viz-interval 300 "${flags[@]}"
+        done
+    done
+    "$py" - "$out/compile_runs" <<'EOF' | tee "$out/compile_modes.txt"
+import json, statistics, sys
+from pathlib import Path
+print("run, median step s (steps 100-299), steady tokens/s, status")
+for folder in sorted(Path(sys.argv[1]).iterdir()):
+    rows = [json.loads(line) for line in (folder / "logs" / "metrics.jsonl").read_text().splitlines()]
+    times = [r["step_time_s"] for r in rows if "step_time_s" in r and r["step"] >= 100]
+    spec = json.loads((folder / "config.json").read_text())["config"]["spec"]
+    tokens = spec["train"]["batch_size"] * spec["model"]["block_size"]
+    done = folder / "results.json"
+    status = json.loads(done.read_text())["status"] if done.exists() else "unfinished"
+    median = statistics.median(times) if times else float("nan")
+    print(folder.name, round(median, 5), round(tokens / median) if times else "-", status)
+EOF
+fi
+wanted orchestration_overhead && step orchestration_overhead 240 "$py" -m benchmarks orchestration_overhead \
+    --json "$out/orchestration_overhead.json"
 if wanted bigger; then
     bigger=${BIGGER_SIZE:-large}
     mkdir -p "$out/$bigger"
