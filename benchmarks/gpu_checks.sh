@@ -10,8 +10,13 @@
 # PRECISION=fp32|bf16 (default bf16) is what the training runs use. The section "bigger" measures
 # mfu, wave_vs_standard and compile_speedup again at BIGGER_SIZE (default large) into DIR/BIGGER_SIZE,
 # since the small model leaves a big GPU idle between kernel launches. The section "compile_modes" trains
-# the wave model and the standard GPT through `train --gpu --compile MODE` for every MODE (CUDA graphs
-# with reduce-overhead) and eagerly, and tabulates their tokens/s in DIR/compile_modes.txt.
+# the wave model and the standard GPT through `train --gpu` eagerly and with each of COMPILE_MODES (default
+# reduce-overhead: CUDA graphs, which the launch-bound wave model needs most; compile_speedup already
+# measures the default mode) and tabulates their steady tokens/s in DIR/compile_modes.txt.
+#
+# Seconds each section took on an H200 (session 9), to fit one call of at most 10 minutes: parity 20,
+# train 130, mfu 14, wave_vs_standard 27, compile_speedup ~70 per 2 models (10 models now), checkpoint_stall
+# 67, orchestration_overhead --quick 59; compile_modes is about 50 a run (two per mode), bigger several minutes.
 #
 # ARCHIVE=FILE.tar.gz also packs DIR (checkpoints left out) after every step, so a session cut short
 # by a time limit still carries off everything up to its last finished step.
@@ -88,7 +93,7 @@ done
 wanted compile_speedup && step compile_speedup 300 "$py" -m benchmarks compile_speedup --json "$out/compile_speedup.json"
 if wanted compile_modes; then
     for experiment in wave_baseline standard_transformer; do
-        for mode in eager default reduce-overhead max-autotune; do
+        for mode in eager ${COMPILE_MODES:-reduce-overhead}; do
             flags=(--compile "$mode")
             [ "$mode" = eager ] && flags=()
             step "compile_${experiment}_$mode" 240 "$py" -m orchestrator.cli train --gpu --model small --steps 300 \
