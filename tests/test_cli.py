@@ -225,21 +225,22 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
 
 # -- 4. --no-monitoring --------------------------------------------------------------------------
 
-def test_no_monitoring_trains_and_writes_nothing(tmp_path, token_cache, ray_tmp, sessions):
-    """The quick-run mode: a completed run, no output folder, and its private Ray storage removed."""
+def test_no_monitoring_trains_and_writes_nothing(ray_session, token_cache, tmp_path, monkeypatch, capsys):
+    """The quick-run mode through the console script's entry point (in this process, on the session's
+    Ray: a finished driver's Ray shutting down is checked above): a completed run, no output folder,
+    and its temporary Ray Train storage removed."""
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     scratch.mkdir()
-    proc = subprocess.Popen([*CLI, "train", "--steps", "20", "--no-monitoring", "--output", str(out)],
-                            env=_env(token_cache, ray_tmp, TMPDIR=str(scratch)), cwd=tmp_path,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    sessions.append(proc.pid)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, f"{stdout[-3000:]}\n{stderr[-3000:]}"
+    monkeypatch.setenv("SPECTRAL_GPT_CACHE", token_cache)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--steps", "20", "--no-monitoring", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
     assert "run wave_baseline completed: 20 steps" in stdout, stdout
     assert not out.exists()
     assert not list(scratch.glob("spectral-gpt-*")), "the temporary Ray storage was left behind"
     assert not (tmp_path / "experiments").exists()  # nor the default output folder in the cwd
-    assert _wait_until_gone(60, sid=proc.pid) == [], "Ray processes outlived a finished driver"
 
 
 def test_cpus_per_worker_is_trains_to_decide_and_one_per_sweep_worker_unless_given():
