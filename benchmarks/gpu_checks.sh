@@ -16,7 +16,8 @@
 #
 # Seconds each section took on an H200 (session 9), to fit one call of at most 10 minutes: parity 20,
 # train 130, mfu 14, wave_vs_standard 27, compile_speedup ~70 per 2 models (10 models now), checkpoint_stall
-# 67, orchestration_overhead --quick 59; compile_modes is about 50 a run (two per mode), bigger several minutes.
+# 67, orchestration_overhead --quick 59; compile_modes is about 50 a run (two per mode), monitoring_overhead
+# (10 runs of 1000 tiny steps) perhaps 150, bigger several minutes.
 #
 # ARCHIVE=FILE.tar.gz also packs DIR (checkpoints left out) after every step, so a session cut short
 # by a time limit still carries off everything up to its last finished step.
@@ -25,7 +26,7 @@ out=$(realpath -m "${1:-gpu-results}")
 mkdir -p "$out"
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-checks=${CHECKS:-parity refuse train mfu wave_vs_standard compile_speedup compile_modes linear_attention_scaling orchestration_overhead checkpoint_stall bigger}
+checks=${CHECKS:-parity refuse train mfu wave_vs_standard compile_speedup compile_modes linear_attention_scaling orchestration_overhead monitoring_overhead checkpoint_stall bigger}
 train=("$py" -m orchestrator.cli train --gpu --model small --steps 400 --checkpoint-interval 100
        --eval-interval 100 --log-interval 1 --viz-interval 200 --precision "${PRECISION:-bf16}"
        --output "$out/runs")
@@ -119,6 +120,8 @@ EOF
 fi
 wanted orchestration_overhead && step orchestration_overhead 240 "$py" -m benchmarks orchestration_overhead \
     --json "$out/orchestration_overhead.json"
+wanted monitoring_overhead && step monitoring_overhead 300 "$py" -m benchmarks monitoring_overhead \
+    --json "$out/monitoring_overhead.json"
 if wanted bigger; then
     bigger=${BIGGER_SIZE:-large}
     mkdir -p "$out/$bigger"

@@ -109,9 +109,11 @@ def monitoring_overhead(quick: bool = False) -> dict[str, Any]:
     their ratio is the geometric mean of the pair ratios, and ``ratio_interval`` its ±2 standard
     errors over the pairs (the report calls a goal inside it not settled). ``off_spread`` (fastest /
     slowest run with monitoring off) is the noise the ratio has to be read against. The quick run is the full one
-    scaled down, intervals included, so checkpoints and plots land inside the timed loop.
+    scaled down, intervals included, so checkpoints and plots land inside the timed loop. On a machine
+    with a GPU both sides train on it, as ``train --gpu`` does.
     """
     steps, pairs = (100, 3) if quick else (1000, 5)
+    gpu = torch.cuda.is_available()
     intervals = dict(checkpoint_interval=steps // 4, viz_interval=steps // 2, log_interval=10)
     connect_ray()  # Ray's own start-up belongs to neither side
     runs: list[dict[str, Any]] = []
@@ -120,7 +122,8 @@ def monitoring_overhead(quick: bool = False) -> dict[str, Any]:
             for enabled in ((False, True) if pair % 2 == 0 else (True, False)):
                 settings = build_run_settings(steps=steps, output=out, name=f"monitoring_{len(runs)}",
                                               resume="never",
-                                              monitoring=MonitoringSettings(enabled=enabled, **intervals))
+                                              monitoring=MonitoringSettings(enabled=enabled, **intervals),
+                                              scaling=ScalingSettings(use_gpu=gpu))
                 tokens_per_s = run_training(settings).final_metrics["tokens_per_second"]
                 runs.append({"pair": pair, "monitoring": enabled, "tokens_per_s": round(tokens_per_s, 1)})
     on = [r["tokens_per_s"] for r in runs if r["monitoring"]]
@@ -131,7 +134,7 @@ def monitoring_overhead(quick: bool = False) -> dict[str, Any]:
                   ratio_interval=two_standard_errors(pair_ratios),
                   median_pair_ratio=statistics.median(pair_ratios), off_spread=round(max(off) / min(off), 4),
                   ratio_of_medians=round(statistics.median(on) / statistics.median(off), 4), runs=runs,
-                  model="tiny wave_baseline", **intervals)
+                  model="tiny wave_baseline", device="cuda" if gpu else "cpu", **intervals)
 
 
 def two_standard_errors(ratios: list[float]) -> list[float]:
