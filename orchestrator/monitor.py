@@ -106,7 +106,7 @@ class RunMonitor:
 
     def log(self, attempt: int, rows: list[dict[str, Any]]) -> None:
         """Append metric rows; rows from an attempt that was superseded are dropped."""
-        if attempt != self.attempt or not rows:
+        if not self._current(attempt) or not rows:
             return
         self.progress.setdefault("attempt_first_row_at", time.time())
         self.progress.update({k: v for k, v in rows[-1].items() if _is_number(v)})
@@ -121,7 +121,7 @@ class RunMonitor:
 
     def save_checkpoint(self, attempt: int, step: int, state: dict[str, Any], val_loss: float | None) -> bool:
         """Commit ``state`` as the checkpoint of ``step`` (atomic, with retention); False if dropped."""
-        if attempt != self.attempt:
+        if not self._current(attempt):
             return False
         state = from_wire(state)
         if self.checkpoints is None:
@@ -136,7 +136,7 @@ class RunMonitor:
     def visualize(self, attempt: int, step: int, model_state: dict[str, torch.Tensor]) -> None:
         """Draw the training-dynamics and model-internal plots of ``step`` from the rows logged so far
         (on the plot thread with ``background_plots``; :meth:`finish` waits for them)."""
-        if attempt != self.attempt or self.plots is None:
+        if not self._current(attempt) or self.plots is None:
             return
         self.metrics.flush_parquet()
         rows = self.metrics.load_metrics()
@@ -145,6 +145,17 @@ class RunMonitor:
             return
         self._plot_jobs = [job for job in self._plot_jobs if not job.done()]
         self._plot_jobs.append(self._plotter.submit(self._draw, step, rows, model_state))
+
+    def _current(self, attempt: int) -> bool:
+        """Whether a call from rank 0 of ``attempt`` belongs to the attempt now training.
+
+        Only :meth:`begin_attempt` hands out attempts, so one newer than this actor's can only come from
+        an actor that Ray restarted without files to read its attempt back from (monitoring off): it
+        takes the attempt from that call, and so keeps the checkpoints a later worker failure resumes from.
+        """
+        if self.metrics is None and attempt > self.attempt:
+            self.attempt = attempt
+        return attempt == self.attempt
 
     def _draw(self, step: int, rows: list[dict[str, Any]], model_state: dict[str, Any]) -> None:
         self.plots.generate_training_plots(step, rows)
@@ -253,7 +264,7 @@ MonitorActor = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=-1, max_ta
 If its process dies, Ray restarts it (the constructor rebuilds its state from the run folder) and
 re-sends the calls that were in flight, so training goes on; the resolved metrics keep one row per
 step even if a replayed row lands twice. With monitoring off there are no files to rebuild from, so
-a restarted actor has no checkpoint to offer until the next save."""
+a restarted actor has no checkpoint to offer until the next save, which it keeps."""
 
 
 def start_monitor(run_dir: str | None, settings: dict[str, Any], dataset_info: dict[str, Any]) -> Any:

@@ -17,6 +17,8 @@ from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
 from orchestrator.run import resolve_run_dir, run_training, train_experiment, with_worker_cpus
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
+from orchestrator.snapshot import snapshot
+from orchestrator.wire import to_wire
 from spectral_gpt.config import ConfigError
 
 
@@ -142,6 +144,25 @@ def test_the_monitoring_schedule_and_that_without_monitoring_no_weights_are_sent
         assert [s for s in steps if mon.checkpoint_due(s, improved=s == 13, last=s == 26)] == [10, 13, 20, 26]
     assert [s for s in steps if on.plots_due(s, last=s == 26)] == [15, 26]
     assert not any(off.plots_due(s, last=s == 26) for s in steps)
+
+
+def test_without_monitoring_a_restarted_actor_keeps_the_checkpoints_of_the_attempt_training(tmp_path, token_cache):
+    """Ray restarts a dead monitoring actor by running its constructor again; with no files to read
+    the attempt back from, it takes it from rank 0's next call, so the saves after the restart are kept
+    for a worker failure to resume from, while a superseded attempt's calls are still dropped."""
+    settings = run_settings(tmp_path, token_cache, "memory").to_dict()
+    state = to_wire(snapshot({"step": 20, "weights": torch.arange(6.0)}))
+    first = RunMonitor(None, settings, {"train_tokens": 1})
+    attempt = first.begin_attempt(0, {})
+    restarted = RunMonitor(None, settings, {"train_tokens": 1})  # what Ray's restart runs
+    assert restarted.latest_state() is None
+    restarted.log(attempt, [{"step": 20, "loss": 4.0}])
+    assert restarted.save_checkpoint(attempt, 20, state, None)
+    assert restarted.get_progress()["step"] == 20 and restarted.get_progress()["checkpoint_step"] == 20
+    assert torch.equal(restarted.latest_state()["weights"], torch.arange(6.0))
+    newer = restarted.begin_attempt(21, {})  # the worker group restarted
+    assert newer > attempt and not restarted.save_checkpoint(attempt, 30, state, None)
+    assert restarted.latest_state()["step"] == 20
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
