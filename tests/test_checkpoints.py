@@ -237,6 +237,24 @@ def test_write_failure_is_a_warning_and_the_next_save_succeeds(tmp_path, monkeyp
     assert _saved_steps(manager) == [1, 3] and manager.load_latest_checkpoint()["step"] == 3
 
 
+def test_a_commit_that_fails_after_its_manifest_was_replaced_keeps_the_checkpoint_it_lists(tmp_path, monkeypatch):
+    """The folder's fsync after the manifest's rename can fail: the save is reported as not saved, but
+    the manifest already lists the new file and dropped the older one, so the file must stay."""
+    manager = CheckpointManager(tmp_path, keep_last_n=1)
+    manager.save_checkpoint(1, state=_state(1))
+    real = atomic.fsync_dir
+
+    def fail_after_the_manifest(directory):
+        real(directory)
+        if manager.manifest_path.exists() and '"step": 2' in manager.manifest_path.read_text():
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(directory))
+
+    monkeypatch.setattr(atomic, "fsync_dir", fail_after_the_manifest)
+    assert manager.save_checkpoint(2, state=_state(2)) is None
+    monkeypatch.undo()
+    assert _saved_steps(manager) == [2] and manager.load_latest_checkpoint()["step"] == 2
+
+
 _SLOW_SAVER = textwrap.dedent("""
     import sys, torch
     from orchestrator.monitoring import CheckpointManager

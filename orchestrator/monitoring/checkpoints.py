@@ -127,7 +127,7 @@ class CheckpointManager:
             }
             self._commit(entry)
         except OSError as exc:
-            if digest is not None:  # written but never listed in the manifest: free its space now
+            if digest is not None and not self._listed(final.name):  # written, never committed: free its space
                 with contextlib.suppress(OSError):
                     final.unlink()
             self._warn(f"checkpoint at step {step} not saved ({exc}); the next save will try again")
@@ -289,6 +289,13 @@ class CheckpointManager:
         if entries is None:
             entries = self._adopt_unmanifested()
         return [e for e in entries if (self.checkpoint_dir / e["file"]).exists()]
+
+    def _listed(self, name: str) -> bool:
+        """Whether the manifest on disk lists the file ``name``: a commit can fail after its manifest
+        was replaced (fsync of the folder), and then the file is the newest checkpoint. Without a
+        readable manifest the files on disk are adopted, so the file counts as listed."""
+        entries = self._read_manifest()
+        return entries is None or any(e["file"] == name for e in entries)
 
     def _read_manifest(self) -> list[dict[str, Any]] | None:
         try:
