@@ -56,6 +56,31 @@ def test_two_worker_run_killed_mid_way_ends_exactly_like_an_uninterrupted_one(tw
     assert outcome.final_metrics["val_loss"] == reference.final_metrics["val_loss"]
 
 
+def test_without_monitoring_a_killed_rank_0_resumes_from_the_checkpoint_the_actor_kept(two_worker_reference,
+                                                                                       token_cache, tmp_path):
+    """No files: the actor keeps the newest checkpoint in memory, and the restarted group continues
+    from it to the uninterrupted run's result. What the actor keeps are views of object-store arrays
+    that rank 0, the worker killed here, owns: Ray keeps them mapped while the actor holds them."""
+    killed_at: list[int] = []
+    restarts: list[int] = []
+
+    def kill_rank0_after_a_checkpoint(progress: dict) -> None:
+        if not killed_at and progress.get("checkpoint_step", 0) >= 10 and 0 in progress.get("workers", {}):
+            os.kill(progress["workers"][0], signal.SIGKILL)
+            killed_at.append(progress["checkpoint_step"])
+        elif progress.get("attempt") == 2:
+            restarts.append(progress["start_step"])
+
+    quiet = MonitoringSettings(enabled=False, checkpoint_interval=10, log_interval=1, viz_interval=1000)
+    outcome = run_training(run_settings(tmp_path, token_cache, "memory", workers=2, steps=TWO_WORKER_STEPS,
+                                        monitoring=quiet), on_progress=kill_rank0_after_a_checkpoint, poll_seconds=0.05)
+    assert killed_at, "the run ended before a checkpoint was kept"
+    assert outcome.status == "completed", outcome.error
+    assert outcome.run_dir is None and not list(tmp_path.iterdir())
+    assert restarts and restarts[-1] > killed_at[0] >= 10  # from the kept checkpoint, not from step 0
+    assert outcome.final_metrics["val_loss"] == two_worker_reference.final_metrics["val_loss"]
+
+
 def _thread_niceness(pid: int) -> set[int]:
     """The nice values of every thread of ``pid`` (field 19 of ``/proc/<pid>/task/<tid>/stat``)."""
     values = set()
