@@ -17,7 +17,8 @@
 # Seconds each section took on an H200 (session 9), to fit one call of at most 10 minutes: parity 20,
 # train 130, mfu 14, wave_vs_standard 27, compile_speedup ~70 per 2 models (10 models now), checkpoint_stall
 # 67, orchestration_overhead --quick 59; compile_modes is about 50 a run (two per mode), monitoring_overhead
-# (10 runs of 1000 tiny steps) perhaps 150, bigger several minutes.
+# (10 runs of 1000 tiny steps) perhaps 150, bigger several minutes. Not yet measured on a GPU (as of
+# 2026-11-26), so first: CHECKS="parity compile_speedup compile_modes checkpoint_stall orchestration_overhead".
 #
 # ARCHIVE=FILE.tar.gz also packs DIR (checkpoints left out) after every step, so a session cut short
 # by a time limit still carries off everything up to its last finished step.
