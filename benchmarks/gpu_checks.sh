@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one run of a few minutes: float32 parity of the fast paths on
+# Every check that needs a CUDA GPU, in one script (all of it takes more than one 10-minute call; CHECKS picks): float32 parity of the fast paths on
 # the GPU, `spectral-gpt train --gpu` (NCCL) killed and resumed against an uninterrupted run, the
 # one-GPU-per-worker refusal, and the benchmarks on the GPU. Results land in DIR (default gpu-results):
 # one log per step, the benchmark JSON files, and the runs' metrics and results (checkpoints excluded).
