@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Every check that needs a CUDA GPU, in one script (all of it takes more than one 10-minute call; CHECKS picks): float32 parity of the fast paths on
-# the GPU, `spectral-gpt train --gpu` (NCCL) killed and resumed against an uninterrupted run, the
-# one-GPU-per-worker refusal, and the benchmarks on the GPU. Results land in DIR (default gpu-results):
+# Every check that needs a CUDA GPU, in one script (all of it takes more than one 10-minute call;
+# CHECKS picks): float32 parity of the fast paths on the GPU, `spectral-gpt train --gpu` (NCCL)
+# killed and resumed against an uninterrupted run, the one-GPU-per-worker refusal, and the
+# benchmarks on the GPU. Results land in DIR (default gpu-results):
 # one log per step, the benchmark JSON files, and the runs' metrics and results (checkpoints excluded).
 #
 #   bash benchmarks/gpu_checks.sh [DIR]        (PYTHON=python3 by default; run from the repository root)
