@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from orchestrator.monitoring.cadence import log_step, save_step
 from orchestrator.storage import check_output, normalize_output
 from spectral_gpt.config import (
     BATCH_SIZES,
@@ -70,18 +71,18 @@ class MonitoringSettings:
     def row_due(self, step: int, evaluated: bool, last: bool) -> bool:
         """Whether rank 0 sends the metric row of ``step``: every ``log_interval``, with every
         validation loss, and at the end."""
-        return step % self.log_interval == 0 or evaluated or last
+        return log_step(step, self.log_interval) or evaluated or last
 
     def checkpoint_due(self, step: int, improved: bool, last: bool) -> bool:
         """Whether ``step`` is checkpointed: every ``checkpoint_interval``, at a new best validation
         loss, and at the end. Also without monitoring: the actor then keeps it in memory, so a failed
         worker group still resumes."""
-        return (step > 0 and step % self.checkpoint_interval == 0) or improved or last
+        return save_step(step, self.checkpoint_interval) or improved or last
 
     def plots_due(self, step: int, last: bool) -> bool:
         """Whether the weights of ``step`` go to the actor to be plotted: every ``viz_interval`` and at
         the end, and never without monitoring, which draws nothing."""
-        return self.enabled and ((step > 0 and step % self.viz_interval == 0) or last)
+        return self.enabled and (save_step(step, self.viz_interval) or last)
 
 
 def usable_cpus() -> int:

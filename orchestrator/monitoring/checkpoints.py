@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, TypedDict
 import torch
 
 from orchestrator.monitoring import atomic
+from orchestrator.monitoring.cadence import save_step
 from orchestrator.monitoring.identity import package_git_info
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class CheckpointManager:
 
     def should_checkpoint(self, step: int) -> bool:
         """Whether ``step`` is a save step (never step 0: there is nothing to save yet)."""
-        return step > 0 and step % self.save_interval == 0
+        return save_step(step, self.save_interval)
 
     def save_checkpoint(
         self,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from orchestrator.monitoring import atomic
+from orchestrator.monitoring.cadence import log_step
 from orchestrator.monitoring.metric_rows import is_number, ordered_keys, resolve_rows, rows_to_arrow
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class MetricsLogger:
 
     def should_log(self, step: int) -> bool:
         """Whether ``step`` is a logging step (step 0 is, as in the seed)."""
-        return step % self.log_interval == 0
+        return log_step(step, self.log_interval)
 
     def log_metrics(self, step: int, metrics: dict[str, Any], flush: bool = True) -> bool:
         """Append one row for ``step``; ``False`` (and a warning) if the disk refused it.

@@ -17,6 +17,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from orchestrator.monitoring import atomic, model_plots
+from orchestrator.monitoring.cadence import save_step
 from orchestrator.monitoring.comparison import draw_comparison
 from orchestrator.monitoring.figures import (
     Series,
@@ -46,7 +47,7 @@ class VisualizationManager:
 
     def should_visualize(self, step: int) -> bool:
         """Whether ``step`` is a plotting step (never step 0: there is nothing to show yet)."""
-        return step > 0 and step % self.viz_interval == 0
+        return save_step(step, self.viz_interval)
 
     def generate_training_plots(
         self,
