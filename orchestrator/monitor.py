@@ -126,6 +126,10 @@ class RunMonitor:
         state = from_wire(state)
         if self.checkpoints is None:
             self._memory_state = state
+        elif self.checkpoints.holds(step):
+            # Ray retried this call: the actor died after committing it. Within an attempt steps only grow,
+            # and a run resumes from its newest sound checkpoint, so the committed file is this state.
+            log.info("checkpoint of step %d is already committed; not written again", step)
         elif self.checkpoints.save_checkpoint(step, state=state, val_loss=val_loss) is None:
             self._warn(*self.checkpoints.last_warnings)
             return False

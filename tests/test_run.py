@@ -190,6 +190,32 @@ def test_without_monitoring_a_restarted_actor_keeps_the_checkpoints_of_the_attem
     assert restarted.latest_state()["step"] == 20
 
 
+def test_a_save_that_ray_retries_after_its_commit_leaves_the_committed_file_alone(tmp_path, token_cache):
+    """The actor can die between committing a checkpoint and answering; Ray then restarts it and runs the
+    call again. Rewriting the file would leave it out of step with the manifest's sha256 until the new
+    commit, so the retry keeps the sound file; a committed file that no longer verifies is written again."""
+    settings = run_settings(tmp_path, token_cache, "retried")
+    run_dir = resolve_run_dir(settings)
+    state = to_wire(snapshot({"step": 20, "weights": torch.arange(6.0)}))
+    first = RunMonitor(str(run_dir), settings.to_dict(), {"train_tokens": 1})
+    attempt = first.begin_attempt(0, {})
+    assert first.save_checkpoint(attempt, 20, state, 3.0)
+    path = CheckpointManager(run_dir).latest_checkpoint()
+    committed = path.stat()
+    restarted = RunMonitor(str(run_dir), settings.to_dict(), {"train_tokens": 1})  # what Ray's restart runs
+    assert restarted.save_checkpoint(attempt, 20, state, 3.0)
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (committed.st_ino, committed.st_mtime_ns)
+    assert restarted.get_progress()["checkpoint_step"] == 20
+    with open(path, "r+b") as fh:  # bit rot in the committed file
+        fh.seek(-1, os.SEEK_END)
+        last = fh.read(1)
+        fh.seek(-1, os.SEEK_END)
+        fh.write(bytes([last[0] ^ 1]))
+    assert restarted.save_checkpoint(attempt, 20, state, 3.0)
+    assert path.stat().st_ino != committed.st_ino
+    assert torch.equal(CheckpointManager(run_dir).load_checkpoint(20)["state"]["weights"], torch.arange(6.0))
+
+
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
     settings = run_settings(tmp_path, token_cache, "diverge", steps=40, lr=1e12, warmup_steps=0)
     outcome = run_training(settings)

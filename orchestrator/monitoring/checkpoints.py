@@ -136,6 +136,18 @@ class CheckpointManager:
         self._update_pointer(final.name)
         return final
 
+    def holds(self, step: int) -> bool:
+        """Whether ``step`` is committed and its file still matches its sha256 (read in full): then a
+        second save of it, such as a call retried after its writer died past the commit, has nothing to
+        add, and rewriting the file would leave it unverifiable until the manifest catches up."""
+        entry = next((e for e in self._entries() if e["step"] == step), None)
+        if entry is None or entry["sha256"] is None:
+            return False
+        try:
+            return _sha256_file(self.checkpoint_dir / entry["file"]) == entry["sha256"]
+        except OSError:
+            return False
+
     def load_checkpoint(self, step: int) -> dict[str, Any] | None:
         """The committed checkpoint of ``step`` after its sha256 check, or ``None`` (with a warning)."""
         self.last_warnings = []
