@@ -15,6 +15,7 @@ went from 2.32 to 1.79 median steps there (``python -m benchmarks checkpoint_sta
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -57,19 +58,30 @@ def tensors_of(state: Any) -> list[torch.Tensor]:
     return found
 
 
-def map_tensors(state: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
-    """``state`` with every tensor ``t`` replaced by ``fn(t)``, its nesting and other values kept."""
-    if isinstance(state, torch.Tensor):
+def map_tensors(state: Any, fn: Callable[[Any], Any], leaf: type = torch.Tensor) -> Any:
+    """``state`` with every ``leaf`` (a tensor unless told) ``t`` replaced by ``fn(t)``, its nesting
+    and other values kept, and a module state_dict's ``_metadata`` too: ``load_state_dict`` hands each
+    module its version from there, as a checkpoint written without this copy would also keep it."""
+    if isinstance(state, leaf):
         return fn(state)
+    nested = (leaf, dict, list, tuple)
     if isinstance(state, dict):
-        return {k: map_tensors(v, fn) if isinstance(v, _NESTED) else v for k, v in state.items()}
+        mapped = {k: map_tensors(v, fn, leaf) if isinstance(v, nested) else v for k, v in state.items()}
+        return _with_metadata_of(state, mapped)
     if isinstance(state, (list, tuple)):
-        return type(state)(map_tensors(v, fn) if isinstance(v, _NESTED) else v for v in state)
+        return type(state)(map_tensors(v, fn, leaf) if isinstance(v, nested) else v for v in state)
     return state
 
 
-_NESTED = (torch.Tensor, dict, list, tuple)
-"""What :func:`map_tensors` looks into; anything else is a plain value, kept as it is."""
+def _with_metadata_of(original: dict, mapped: dict) -> dict:
+    """``mapped`` as an OrderedDict with ``original``'s ``_metadata`` where ``original`` is a state_dict."""
+    if not isinstance(original, OrderedDict):
+        return mapped
+    mapped = OrderedDict(mapped)
+    metadata = getattr(original, "_metadata", None)
+    if metadata is not None:
+        mapped._metadata = metadata  # type: ignore[attr-defined]
+    return mapped
 
 
 class Slot(NamedTuple):

@@ -43,15 +43,13 @@ def to_wire(snap: Snapshot) -> Any:
 def from_wire(state: Any) -> Any:
     """The tensors of :func:`to_wire` again, each a view of its own bytes of the received (read-only)
     arrays, so saving one tensor writes only that tensor."""
-    if isinstance(state, WireTensor):
-        dtype = getattr(torch, state.dtype)
-        nbytes = int(np.prod(state.shape, dtype=np.int64)) * dtype.itemsize
-        with warnings.catch_warnings():  # read-only memory from the object store; never written here
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            raw = torch.from_numpy(state.data[state.offset:state.offset + nbytes])
-        return raw.view(dtype).reshape(state.shape)
-    if isinstance(state, dict):
-        return {k: from_wire(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(from_wire(v) for v in state)
-    return state
+    return map_tensors(state, _tensor_of, leaf=WireTensor)
+
+
+def _tensor_of(wired: WireTensor) -> torch.Tensor:
+    dtype = getattr(torch, wired.dtype)
+    nbytes = int(np.prod(wired.shape, dtype=np.int64)) * dtype.itemsize
+    with warnings.catch_warnings():  # read-only memory from the object store; never written here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        raw = torch.from_numpy(wired.data[wired.offset:wired.offset + nbytes])
+    return raw.view(dtype).reshape(wired.shape)

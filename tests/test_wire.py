@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 
 import torch
 
@@ -46,3 +47,12 @@ def test_a_real_training_state_restores_identically_through_the_wire():
     assert other.state_dict().keys() == state.state_dict().keys()
     for a, b in zip(state.model.parameters(), other.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_module_state_dict_keeps_its_type_and_the_versions_load_state_dict_reads():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    back, _ = _roundtrip({"model": model.state_dict(), "plain": {"w": torch.ones(1)}})
+    assert type(back["model"]) is OrderedDict and type(back["plain"]) is dict
+    assert back["model"]._metadata == model.state_dict()._metadata
+    assert back["model"]._metadata["1"]["version"] == 2  # BatchNorm's, which its loader migrates by
+    model.load_state_dict(back["model"])
