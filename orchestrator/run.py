@@ -140,11 +140,20 @@ def find_unfinished_run(settings: RunSettings) -> Path | str | None:
     if not candidates:
         return None
     newest = max(candidates, key=lambda f: f.config_mtime)
-    differs = first_difference(newest.config.get("spec"), settings.spec.to_dict(), ignore=RESUMABLE_CHANGES)
+    differs = (first_difference(newest.config.get("spec"), settings.spec.to_dict(), ignore=RESUMABLE_CHANGES)
+               or first_difference(data_identity(newest.config), data_identity(settings.to_dict()), "data"))
     if differs:
         raise ConfigError(f"the unfinished run {newest.location} was started with other settings ({differs}); "
                           "rerun it with the same flags, or pass --resume never to start a new run")
     return newest.location if is_uri(newest.location) else Path(newest.location)
+
+
+def data_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What a run trains on, from its settings' dict form: the corpus and the vocabulary (not the cache
+    folder, which only keeps the tokens). The spec does not hold it, and a run continued on another
+    corpus would be neither run."""
+    data = config.get("data") or {}
+    return {"dataset": data.get("dataset"), "vocab_size": data.get("vocab_size")}
 
 
 def first_difference(saved: Any, wanted: Any, where: str = "", ignore: frozenset[str] = frozenset()) -> str | None:

@@ -32,7 +32,7 @@ from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
-from orchestrator.run import connect_ray, prepare_data, run_training
+from orchestrator.run import connect_ray, data_identity, prepare_data, run_training
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings, usable_cpus
 from orchestrator.storage import is_uri
 from orchestrator.summary import (
@@ -200,8 +200,8 @@ def find_unfinished_sweep(settings: SweepSettings) -> Path | None:
     if not candidates:
         return None
     _, folder, record = max(candidates, key=lambda c: c[0])
-    saved = {name: run.get("spec") for name, run in record.get("runs", {}).items()}
-    wanted = json.loads(json.dumps({r.name: r.spec.to_dict() for r in settings.runs}))
+    saved = {name: [run.get("spec"), data_identity(run)] for name, run in record.get("runs", {}).items()}
+    wanted = json.loads(json.dumps({r.name: [r.spec.to_dict(), data_identity(r.to_dict())] for r in settings.runs}))
     if saved != wanted:
         raise ConfigError(f"the unfinished sweep {folder} was started with another grid or other settings; "
                           "rerun it with the same flags, or pass --resume never to start a new sweep")
@@ -297,7 +297,7 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
         settings = _as_first_started(settings, load_sweep_record(sweep_dir))
     write_sweep_record(sweep_dir, settings, runs, "unfinished")
     capacity = local_capacity(runs[0])
-    connect_ray(capacity[0] if capacity and capacity[1] == "CPU" else None, dashboard=True)
+    connect_ray(capacity[0] if capacity and capacity[2] == "CPU" else None, dashboard=True)
     tuner, restored = _tuner(settings, runs, sweep_dir)
     tuner.fit()
     grid = open_results(sweep_dir)  # the state Tune saved: after Ctrl-C, unfinished trials are PENDING there

@@ -369,9 +369,9 @@ def test_the_seed_script_keeps_the_model_core_free_of_ray():
 
 # -- the grid itself (no Ray) ------------------------------------------------------------------------
 
-def _make_run(tmp_path: Path, steps: int = 50):
+def _make_run(tmp_path: Path, steps: int = 50, dataset: str = "python-docs"):
     return lambda ablation, seed, name: build_run_settings(ablation=ablation, seed=seed, name=name, steps=steps,
-                                                           output=tmp_path)
+                                                           output=tmp_path, dataset=dataset)
 
 
 def test_the_grid_expands_all_resolves_aliases_and_names_seeded_runs(tmp_path):
@@ -402,6 +402,10 @@ def test_an_unfinished_sweep_with_another_grid_is_not_resumed(tmp_path):
     other = build_sweep_settings(["rgd_only"], _make_run(tmp_path, steps=70), seed=1, name="s", output=tmp_path)
     with pytest.raises(ConfigError, match="started with another grid or other settings"):
         find_unfinished_sweep(other)
+    corpus = build_sweep_settings(["rgd_only"], _make_run(tmp_path, dataset="shakespeare"), seed=1, name="s",
+                                  output=tmp_path)
+    with pytest.raises(ConfigError, match="started with another grid or other settings"):
+        find_unfinished_sweep(corpus)
     write_sweep_record(folder, settings, settings.runs, "completed")
     assert find_unfinished_sweep(other) is None
 
