@@ -117,7 +117,7 @@ class RunMonitor:
             self.metrics.log_metrics(int(row["step"]), {k: v for k, v in row.items() if k != "step"})
         if self.mirror is not None:
             with self._sync_lock:
-                self.mirror.sync_if_due()
+                self._note_upload(self.mirror.sync_if_due())
 
     def save_checkpoint(self, attempt: int, step: int, state: dict[str, Any], val_loss: float | None) -> bool:
         """Commit ``state`` as the checkpoint of ``step`` (atomic, with retention); False if dropped."""
@@ -167,7 +167,7 @@ class RunMonitor:
             self._plot_model = build_model_from_config(self.settings.spec.model)
         self._plot_model.load_state_dict(from_wire(model_state))
         self.plots.generate_model_plots(step, self._plot_model)
-        self._sync()
+        self._sync(warn=False)  # the warnings' writers are the actor thread's; its next sync says it
 
     def latest_state(self) -> dict[str, Any] | None:
         """The newest committed training state (from disk, or memory when nothing is written)."""
@@ -187,10 +187,7 @@ class RunMonitor:
         self.progress["status"] = status
         if self.run_dir is None:
             return
-        for job in self._plot_jobs:  # wait for the plots still being drawn: they are part of the run
-            if job.exception() is not None:
-                log.warning("plots not drawn (%s)", job.exception())
-        self._plot_jobs = []
+        self._wait_for_plots()  # they are part of the run
         self.metrics.flush_parquet()
         best = self.checkpoints.best_checkpoint()
         best_location = None if best is None else self.mirror.remote_location(best) if self.mirror else str(best)
@@ -200,14 +197,35 @@ class RunMonitor:
         self._sync()
 
     def release(self) -> bool:
-        """The run is over: upload what a run at a URI still has only here and drop the staging copy."""
-        return self.mirror.release() if self.mirror is not None else True
+        """The run is over: upload what a run at a URI still has only here and drop the staging copy.
 
-    def _sync(self) -> None:
+        The plots still being drawn finish first (each uploads its PNGs), and no sync runs beside the
+        deletion; a later call from rank 0 (an interrupted run's last rows) writes nothing remote."""
+        if self.mirror is None:
+            return True
+        self._wait_for_plots()
+        with self._sync_lock:
+            return self.mirror.release()
+
+    def _wait_for_plots(self) -> None:
+        for job in self._plot_jobs:
+            if job.exception() is not None:
+                log.warning("plots not drawn (%s)", job.exception())
+        self._plot_jobs = []
+
+    def _sync(self, warn: bool = True) -> None:
         """Upload the staging copy of a run at a URI (checkpoints before the manifest that lists them)."""
         if self.mirror is not None:
             with self._sync_lock:
-                self.mirror.sync()
+                complete = self.mirror.sync()
+                if warn:
+                    self._note_upload(complete)
+
+    def _note_upload(self, complete: bool) -> None:
+        """Make a failed upload one of the run's warnings: the user reads the remote folder, not this node."""
+        if not complete and self.mirror.last_error is not None:
+            self._warn(f"run folder not fully uploaded to {self.mirror.location} ({self.mirror.last_error}); "
+                       "each later save tries again")
 
     def _warn(self, *messages: str) -> None:
         """Record each new warning (the writers already logged it) in training.log and for results.json."""

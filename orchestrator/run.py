@@ -279,23 +279,41 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
             failure_config=ray.train.FailureConfig(max_failures=settings.scaling.max_failures),
             callbacks=callbacks or None),
     )
+    outcome = None
     try:
         fit_error = _fit_with_progress(trainer, monitor, on_progress, poll_seconds)
-        return _outcome(monitor, run_dir, fit_error)
+        outcome = _outcome(monitor, run_dir, fit_error)
     finally:
         if run_dir is not None and is_uri(str(run_dir)):
-            _release_staging(monitor)
+            problem = _release_staging(monitor, str(run_dir))
+            if problem is not None and outcome is not None:
+                outcome.warnings.append(problem)
         ray.kill(monitor)
         if run_dir is None:
             shutil.rmtree(storage, ignore_errors=True)
+    return outcome
 
 
-def _release_staging(monitor: Any) -> None:
-    """Have the monitoring actor upload its last rows and drop its staging copy of a run at a URI."""
+def _release_staging(monitor: Any, location: str) -> str | None:
+    """Have the monitoring actor upload its last files and drop its staging copy of a run at a URI;
+    what went wrong, if the remote folder may lack them."""
     try:
-        ray.get(monitor.release.remote(), timeout=RELEASE_TIMEOUT_S)
+        if ray.get(monitor.release.remote(), timeout=RELEASE_TIMEOUT_S):
+            return None
+        problem = "its last files could not be uploaded"
     except ray.exceptions.RayError as exc:  # a dead actor's files are remote up to its last sync
-        log.warning("monitoring actor did not release its staging copy (%s)", exc)
+        problem = f"the monitoring actor did not upload its last files ({_actor_failure(exc)})"
+    return (f"{location} may lack the end of this run: {problem}; rerunning the same command continues "
+            "from its newest uploaded checkpoint")
+
+
+def _actor_failure(exc: BaseException) -> str:
+    """One line for a monitoring actor that died: the error its constructor raised (a staging copy
+    that could not be downloaded, say), or Ray's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed and lines:
+        return f"it could not start: {lines[-1]}"
+    return lines[0] if lines else type(exc).__name__
 
 
 def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callable | None,
@@ -313,13 +331,19 @@ def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callabl
     while thread.is_alive():
         thread.join(poll_seconds)
         if on_progress is not None:
-            on_progress(ray.get(monitor.get_progress.remote()))
+            try:
+                on_progress(ray.get(monitor.get_progress.remote()))
+            except ray.exceptions.RayActorError:
+                on_progress = None  # the workers fail on it too; the outcome says why
     return errors[0] if errors else None
 
 
 def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None) -> RunOutcome:
-    final = ray.get(monitor.get_final.remote())
-    progress = ray.get(monitor.get_progress.remote())
+    try:
+        final = ray.get(monitor.get_final.remote())
+        progress = ray.get(monitor.get_progress.remote())
+    except ray.exceptions.RayActorError as exc:
+        return RunOutcome("failed", run_dir, error=f"the run's monitoring actor died ({_actor_failure(exc)})")
     start = int(progress.get("resumed_from", 0))
     if final is None:
         error = f"training failed: {fit_error}" if fit_error else "training ended without a result"

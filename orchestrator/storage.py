@@ -48,8 +48,11 @@ NOT_DOWNLOADED = (".ray", "visualizations")
 """Top-level folders a staging copy leaves remote: Ray Train's own (Ray writes it there itself) and
 the plots (only ever written, never read back)."""
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_LET_GO = re.compile(r"^checkpoints/checkpoint_step_\d+\.pt$")
+"""The only files a run deletes (retention), so the only ones a sync deletes remotely."""
 _SECRET_PARAM = re.compile(r"secret|password|token|credential|key|sig", re.IGNORECASE)
 _CHUNK = 8 << 20
+MANIFEST_REL = f"checkpoints/{MANIFEST_NAME}"
 
 
 def is_uri(location: str | os.PathLike[str]) -> bool:
@@ -227,6 +230,12 @@ class RunMirror:
         """Files the remote holds as the staging copy has them: relative path -> (size, mtime_ns)."""
         self._made_dirs: set[str] = set()
         self._last_sync = time.monotonic()
+        self._remote_listing: frozenset[str] | None = None
+        """The checkpoint files the remote manifest lists (None: unknown), which no sync deletes."""
+        self.released = False
+        """Set once :meth:`release` dropped the staging copy: a later sync has nothing to send."""
+        self.last_error: str | None = None
+        """Why the latest sync did not upload everything (None when it did)."""
 
     @classmethod
     def attach(cls, location: str, staging_root: Path | None = None) -> "RunMirror":
@@ -255,31 +264,70 @@ class RunMirror:
             with self.filesystem.open_input_stream(info.path) as src, open(local, "wb") as dst:
                 shutil.copyfileobj(src, dst, _CHUNK)
             self._synced[rel] = _signature(local)
+        manifest = self.staging / MANIFEST_REL
+        self._remote_listing = _listed_files(manifest.read_bytes()) if manifest.is_file() else None
         return len(self._synced)
 
     def sync(self) -> bool:
         """Upload what changed in commit order, then delete remote files the run let go.
 
-        Never raises: a failure is a warning and what comes after it waits for the next sync, so a
-        checkpoint that did not go up is never listed by an uploaded manifest.
+        True when the remote now holds the staging copy. Never raises: a failure is a warning (and
+        :attr:`last_error`) and what comes after it waits for the next sync, so a checkpoint that did
+        not go up is never listed by an uploaded manifest. The manifest goes up as one read of it, and
+        only once every checkpoint that read lists is up: one committed while this sync uploads is left,
+        with the deletions the new manifest allows, to the sync its commit calls (False, no error).
+        Only checkpoint files go remotely, and only those the uploaded manifest no longer lists: a
+        staging copy that lost its files (swept from /tmp) deletes nothing.
         """
         self._last_sync = time.monotonic()
+        if self.released or not self.staging.is_dir():
+            self.last_error = None if self.released else f"staging copy {self.staging} is missing"
+            return self.released
         local = self._scan()
         changed = sorted((rel for rel, sig in local.items() if self._synced.get(rel) != sig), key=_upload_order)
+        self.last_error = None
+        manifest_up = True
         try:
             for rel in changed:
-                self._upload(rel)
+                if rel == MANIFEST_REL:
+                    manifest_up = self._upload_manifest(local[rel])
+                    continue
+                try:
+                    self._upload(rel)
+                except FileNotFoundError:
+                    if (self.staging / rel).exists():
+                        raise
+                    continue  # let go since the scan (retention): the manifest that says so is the next sync's
                 self._synced[rel] = local[rel]
-            for rel in [r for r in self._synced if r not in local]:
+            if not manifest_up:
+                return False  # the remote manifest may still list what the local one let go
+            listing = self._remote_listing
+            for rel in [r for r in self._synced if r not in local and _LET_GO.match(r)
+                        and listing is not None and r not in listing]:
                 try:
                     self.filesystem.delete_file(f"{self.remote_root}/{rel}")
                 except FileNotFoundError:
                     pass
                 del self._synced[rel]
         except (OSError, pa.ArrowException) as exc:
+            self.last_error = _first_line(exc)
             log.warning("run folder %s not fully uploaded (%s); the next sync tries again",
-                        self.location, _first_line(exc))
+                        self.location, self.last_error)
             return False
+        return True
+
+    def _upload_manifest(self, scanned: tuple[int, int]) -> bool:
+        """Upload the manifest as read now if the checkpoints it lists are up (and record it), else False."""
+        path = self.staging / MANIFEST_REL
+        data = path.read_bytes()
+        if _signature(path) != scanned:
+            return False  # replaced while this sync ran: the next one scans the new one
+        listed = _listed_files(data)
+        if any(self._synced.get(rel) != _signature_or_none(self.staging / rel) for rel in listed or ()):
+            return False
+        self._upload(MANIFEST_REL, data)
+        self._synced[MANIFEST_REL] = scanned
+        self._remote_listing = listed
         return True
 
     def sync_if_due(self) -> bool:
@@ -291,10 +339,12 @@ class RunMirror:
         return join_location(self.location, *Path(local_path).relative_to(self.staging).parts)
 
     def release(self) -> bool:
-        """Upload what is left and delete the staging copy (kept, with a warning, if the upload fails)."""
-        if not self.sync():
+        """Upload what is left and delete the staging copy (kept, with a warning, if the upload fails).
+        The caller stops every other sync first: one running beside the deletion would see files go."""
+        if not (self.sync() or (self.last_error is None and self.sync())):
             log.warning("staging copy %s kept: uploading it to %s failed", self.staging, self.location)
             return False
+        self.released = True
         shutil.rmtree(self.staging, ignore_errors=True)
         try:
             self.staging.parent.rmdir()
@@ -316,11 +366,12 @@ class RunMirror:
                     continue
         return found
 
-    def _upload(self, rel: str) -> None:
-        """Copy one file up; where a half-written file would be visible, through a temporary name."""
+    def _upload(self, rel: str, data: bytes | None = None) -> None:
+        """Copy one file (or ``data``, read from it) up; where a half-written file would be visible,
+        through a temporary name."""
         target = f"{self.remote_root}/{rel}"
         if not _writes_in_place(self.filesystem):
-            self._copy_up(rel, target)  # an object appears whole when its stream closes
+            self._copy_up(rel, target, data)  # an object appears whole when its stream closes
             return
         parent = target.rsplit("/", 1)[0]
         if parent not in self._made_dirs:
@@ -328,7 +379,7 @@ class RunMirror:
             self._made_dirs.add(parent)
         temp = atomic.temp_path_for(Path(target)).as_posix()
         try:
-            self._copy_up(rel, temp)
+            self._copy_up(rel, temp, data)
             self.filesystem.move(temp, target)
         except BaseException:
             try:
@@ -337,7 +388,11 @@ class RunMirror:
                 pass
             raise
 
-    def _copy_up(self, rel: str, target: str) -> None:
+    def _copy_up(self, rel: str, target: str, data: bytes | None) -> None:
+        if data is not None:
+            with self.filesystem.open_output_stream(target) as dst:
+                dst.write(data)
+            return
         with open(self.staging / rel, "rb") as src, self.filesystem.open_output_stream(target) as dst:
             shutil.copyfileobj(src, dst, _CHUNK)
 
@@ -346,7 +401,7 @@ def _upload_order(rel: str) -> tuple[int, str]:
     """Files others point at go first: checkpoint files, the manifest committing them, results last."""
     if rel.startswith("checkpoints/checkpoint_step_"):
         rank = 0
-    elif rel == f"checkpoints/{MANIFEST_NAME}":
+    elif rel == MANIFEST_REL:
         rank = 1
     elif rel == "results.json":
         rank = 3
@@ -363,6 +418,22 @@ def _writes_in_place(fs: pafs.FileSystem) -> bool:
 def _signature(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _listed_files(manifest: bytes) -> frozenset[str] | None:
+    """The files a checkpoint manifest lists, relative to the run folder; None if it cannot be read
+    (readers then adopt the files on disk, so none may go)."""
+    try:
+        return frozenset(f"checkpoints/{e['file']}" for e in json.loads(manifest)["checkpoints"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _signature_or_none(path: Path) -> tuple[int, int] | None:
+    try:
+        return _signature(path)
+    except FileNotFoundError:
+        return None
 
 
 def _read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import resolve_run_dir, run_training, train_experiment, with_worker_cpus
+from orchestrator.run import _outcome, resolve_run_dir, run_training, train_experiment, with_worker_cpus
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from orchestrator.snapshot import snapshot
 from orchestrator.wire import to_wire
@@ -214,6 +214,27 @@ def test_a_save_that_ray_retries_after_its_commit_leaves_the_committed_file_alon
     assert restarted.save_checkpoint(attempt, 20, state, 3.0)
     assert path.stat().st_ino != committed.st_ino
     assert torch.equal(CheckpointManager(run_dir).load_checkpoint(20)["state"]["weights"], torch.arange(6.0))
+
+
+def test_a_monitoring_actor_that_could_not_start_fails_the_run_with_its_reason_in_one_line(ray_session, tmp_path):
+    class UnstartableMonitor:  # defined here so that Ray ships it by value to the actor's process
+        """Fails as RunMonitor's constructor does when its staging copy cannot be downloaded (a full
+        disk): Ray never restarts an actor whose creation task raised."""
+
+        def __init__(self) -> None:
+            raise OSError(28, "No space left on device")
+
+        def get_final(self) -> None:
+            return None
+
+        def get_progress(self) -> dict:
+            return {}
+
+    actor = ray_session.remote(max_restarts=-1)(UnstartableMonitor).remote()
+    outcome = _outcome(actor, tmp_path, None)
+    assert (outcome.status, outcome.run_dir) == ("failed", tmp_path)
+    assert outcome.error == ("the run's monitoring actor died "
+                             "(it could not start: OSError: [Errno 28] No space left on device)")
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):

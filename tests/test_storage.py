@@ -12,6 +12,8 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -116,10 +118,15 @@ class FlakyBucket(FSSpecHandler):
         super().__init__(fsspec.filesystem("file"))
         self.refuse = refuse
         self.down = True
+        self.while_uploading: Callable[[], None] | None = None
+        """Runs once, as the next upload of a matching file starts: what another thread does meanwhile."""
 
     def open_output_stream(self, path, metadata):
         if self.down and self.refuse in path:
             raise OSError(f"simulated upload failure for {path}")
+        if self.while_uploading is not None and self.refuse in path:
+            meanwhile, self.while_uploading = self.while_uploading, None
+            meanwhile()
         return super().open_output_stream(path, metadata)
 
 
@@ -169,6 +176,52 @@ def test_mirror_uploads_in_commit_order_and_a_failed_upload_never_commits_remote
     assert [r["step"] for r in MetricsLogger(other.staging / "logs").load_metrics()] == [10, 20]
     before = {p: p.stat().st_mtime_ns for p in remote.rglob("*")}
     assert other.sync() and {p: p.stat().st_mtime_ns for p in remote.rglob("*")} == before  # nothing re-sent
+
+
+def test_a_manifest_goes_up_only_with_what_it_lists_and_no_sync_deletes_a_run_it_has_no_copy_of(tmp_path):
+    """The plot thread syncs while the actor thread commits: a checkpoint committed during an upload
+    (retention letting the previous one go) waits for the next sync, manifest and deletions alike. A
+    staging copy that is gone (released, or swept from /tmp) deletes nothing remote."""
+    remote = tmp_path / "bucket" / "run_1"
+    bucket = FlakyBucket(refuse="checkpoint_step_20")
+    bucket.down = False
+    mirror = RunMirror(_uri(remote), PyFileSystem(bucket), str(remote), tmp_path / "stage" / "run_1")
+    mirror.staging.mkdir(parents=True)
+    checkpoints = CheckpointManager(mirror.staging, keep_last_n=1)
+    checkpoints.save_checkpoint(10, state={"w": torch.full((3,), 10.0)})
+    assert mirror.sync()
+
+    checkpoints.save_checkpoint(20, state={"w": torch.full((3,), 20.0)})
+    bucket.while_uploading = lambda: checkpoints.save_checkpoint(30, state={"w": torch.full((3,), 30.0)})
+    assert not mirror.sync() and mirror.last_error is None  # nothing failed: step 30's own sync follows
+    assert _remote_manifest_steps(remote) == [10]
+    assert CheckpointManager(remote).load_latest_checkpoint()["state"]["w"][0].item() == 10.0
+    assert mirror.sync()
+    assert _remote_manifest_steps(remote) == [30]
+    assert _remote_checkpoint_files(remote) == {"checkpoint_step_30.pt", MANIFEST_NAME}
+
+    uploaded = sorted(p.relative_to(remote) for p in remote.rglob("*"))
+    shutil.rmtree(mirror.staging)
+    assert not mirror.sync() and "is missing" in mirror.last_error
+    assert mirror.staging.mkdir(parents=True) is None and mirror.release()
+    assert mirror.sync()  # a plot thread's sync after the release: nothing to send, nothing to delete
+    assert sorted(p.relative_to(remote) for p in remote.rglob("*")) == uploaded
+
+
+def test_an_upload_that_fails_is_a_warning_of_the_run_and_its_release_keeps_the_staging_copy(tmp_path,
+                                                                                              staging_in_tmp):
+    settings = _uri_settings(tmp_path, str(tmp_path / "cache"), "cut", steps=30, resume="never")
+    location = resolve_run_dir(settings)
+    monitor = RunMonitor(location, settings.to_dict(), {"train_tokens": 1})
+    attempt = monitor.begin_attempt(0, {"gpu_count": 0})
+    monitor.mirror.filesystem = PyFileSystem(FlakyBucket(refuse="results.json"))  # credentials expire at the end
+    assert monitor.save_checkpoint(attempt, 10, {"step": 10, "w": torch.ones(2)}, val_loss=4.0)
+    assert monitor.get_progress()["warnings"] == []
+    monitor.finish("completed", {"total_steps": 30})
+    [warning] = monitor.get_progress()["warnings"]
+    assert warning.startswith(f"run folder not fully uploaded to {location} (simulated upload failure")
+    assert not monitor.release() and (monitor.mirror.staging / "results.json").is_file()
+    assert not (Path(location.removeprefix("file://")) / "results.json").exists()
 
 
 # -- 3. the monitoring actor's class and the driver's resume lookup on a file:// URI ----------------
@@ -228,8 +281,9 @@ def test_resume_lookup_on_a_uri_picks_the_newest_unfinished_run_of_the_name(tmp_
         find_unfinished_run(settings)
 
 
-def test_a_run_started_eagerly_is_continued_under_compile_but_not_in_another_precision(tmp_path):
-    """--compile changes how a step runs, not what it computes; --precision changes the numbers."""
+def test_a_run_started_eagerly_is_continued_under_compile_but_not_in_another_precision_or_corpus(tmp_path):
+    """--compile changes how a step runs, not what it computes; --precision changes the numbers, and
+    --dataset the run itself (the model and training settings do not say which corpus it learns)."""
     cache = str(tmp_path / "cache")
     started = tmp_path / "bucket" / "r_20260101_000000_abc"
     started.mkdir(parents=True)
@@ -239,6 +293,8 @@ def test_a_run_started_eagerly_is_continued_under_compile_but_not_in_another_pre
     assert find_unfinished_run(compiled) == _uri(started)
     with pytest.raises(ConfigError, match=r"train\.precision='fp32' there, 'bf16' now"):
         find_unfinished_run(_uri_settings(tmp_path, cache, "r", steps=40, precision="bf16"))
+    with pytest.raises(ConfigError, match=r"data\.dataset='python-docs' there, 'shakespeare' now"):
+        find_unfinished_run(_uri_settings(tmp_path, cache, "r", steps=40, dataset="shakespeare"))
 
 
 # -- 4. a real Ray run that resumes an interrupted run from its file:// URI ---------------------------
