@@ -168,7 +168,8 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
     try:
         outcome = run_training(settings, on_progress=show)
     finally:
-        progress.stop()  # a no-op when it never started
+        if tasks:  # stopping a bar that never started still prints a newline before the error line
+            progress.stop()
     _print_warnings(console, outcome.warnings, warned)
     metrics = outcome.final_metrics
     where = f" in {outcome.run_dir}" if outcome.run_dir else ""
