@@ -20,15 +20,15 @@ from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettin
 from spectral_gpt.config import ABLATION_ALIASES, ABLATIONS, COMPILE_MODES, MODEL_SIZES, PRECISIONS, ConfigError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose mistakes read like a ConfigError: one ``spectral-gpt: error:`` line, exit 2.
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose mistakes read like a ConfigError: one ``<program>: error:`` line, exit 2.
 
     argparse's own ``error()`` prints the (long) usage first; a user, a log or ``ray job logs``
     should see the same single line for ``--steps abc`` as for ``--lr -1``. Sub-parsers inherit it.
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"spectral-gpt: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"{self.prog.split()[0]}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _positive_int(text: str) -> int:
@@ -105,7 +105,7 @@ def settings_from_args(args: argparse.Namespace, ablation: str, name: str | None
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``spectral-gpt`` parser with one sub-command per job kind."""
-    parser = _Parser(prog="spectral-gpt", description=__doc__.splitlines()[0],
+    parser = OneLineParser(prog="spectral-gpt", description=__doc__.splitlines()[0],
                      epilog="With no COMMAND the flags are train's, e.g. spectral-gpt --experiment "
                             "wave_baseline --steps 500; rerunning a command continues its unfinished run "
                             "(--resume auto). See 'spectral-gpt train --help'.")

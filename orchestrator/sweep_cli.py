@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import add_run_arguments, settings_from_args
+from orchestrator.cli import OneLineParser, add_run_arguments, settings_from_args
 from orchestrator.config_file import driver_runtime_env, parse_args
 from orchestrator.summary import (
     RUN_HEADERS,
@@ -218,8 +218,8 @@ def run_script(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
 
 def seed_script_parser(prog: str) -> argparse.ArgumentParser:
     """``ablate``'s flags plus the seed script's own ``--dry-run`` and ``--parallel`` (spec 4.4)."""
-    parser = argparse.ArgumentParser(prog=prog, description="Run the ablations as one Ray Tune grid "
-                                     "(the same as 'spectral-gpt ablate').")
+    parser = OneLineParser(prog=prog, description="Run the ablations as one Ray Tune grid "
+                           "(the same as 'spectral-gpt ablate').")
     add_ablate_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="smoke test: tiny model, 10 steps, batch 4, checkpoints and plots every 5 steps, "

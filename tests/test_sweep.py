@@ -31,6 +31,7 @@ from orchestrator.settings import build_run_settings
 from orchestrator.sweep import build_sweep_settings, find_unfinished_sweep, open_results, write_sweep_record
 from orchestrator.sweep_cli import (
     DRY_RUN,
+    ablate_main,
     apply_seed_flags,
     register_commands,
     seed_script_parser,
@@ -356,6 +357,14 @@ def test_the_seed_script_exits_2_with_one_line_and_starts_no_ray(tmp_path, ray_t
     assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
         "wave_experiments.py: error: unknown ablation 'nope'")
     assert proc.stdout == "" and list(ray_tmp.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["--steps", "abc"], ["--bogus"]])
+def test_the_seed_scripts_argparse_mistakes_are_one_line_too(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ablate_main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines() == [err.strip()] and err.startswith("wave_experiments.py: error: ")
 
 
 def test_the_seed_script_keeps_the_model_core_free_of_ray():
