@@ -376,5 +376,6 @@ def _settle(grid: ResultGrid, runs: Sequence[RunSettings], scheduler: str) -> li
 
 
 def open_results(sweep_dir: Path) -> ResultGrid:
-    """Tune's own ResultGrid of a sweep: each trial's last result (val_loss, checkpoint_path) and folder."""
-    return tune.Tuner.restore(str(Path(sweep_dir) / TUNE_FOLDER), trainable=run_trial).get_results()
+    """Tune's own ResultGrid of a sweep: each trial's last result (val_loss, checkpoint_path) and folder.
+    ``sweep_dir`` may be relative (Tune reads a relative path as a URI without a scheme)."""
+    return tune.Tuner.restore(str(Path(sweep_dir).absolute() / TUNE_FOLDER), trainable=run_trial).get_results()

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from orchestrator.cli import OneLineParser, add_run_arguments, settings_from_args
 from orchestrator.config_file import driver_runtime_env, parse_args
+from orchestrator.settings import require_folder
 from orchestrator.summary import (
     RUN_HEADERS,
     SWEEP_FILE,
@@ -120,10 +121,12 @@ def run_compare(args: argparse.Namespace, console: Console) -> int:
     missing = [d for d in args.dirs if not Path(d).is_dir()]
     if missing:
         raise ConfigError(f"no such folder: {', '.join(missing)}")
+    out_dir = Path(args.output).absolute()
+    require_folder("--output", str(out_dir))
     records = discover_runs(Path(d) for d in args.dirs)
     if not records:
         raise ConfigError(f"no runs (folders with config.json) in {', '.join(args.dirs)}")
-    summary = write_summary(records, Path(args.output).absolute(), title=f"Comparison of {len(records)} runs")
+    summary = write_summary(records, out_dir, title=f"Comparison of {len(records)} runs")
     print_summary(console, summary)
     console.print(f"summary written to {summary.files['html'].parent} (open summary.html)")
     return 0

@@ -227,7 +227,7 @@ def train_step(state: TrainState, batch_fn: BatchFn, *, rank: int = 0, world_siz
             with torch.no_grad():
                 ratio_logit.copy_(ratio_before)
         raise NonFiniteLossError(f"training diverged at step {step}: loss={loss_v}, grad_norm={norm_v}; "
-                                 "the step was not applied and the last good checkpoint is kept")
+                                 "the step was not applied, so every checkpoint saved before it is good")
     state.optimizer.step()
     tokens = spec.train.batch_size * spec.model.block_size * accum
     state.step += 1

@@ -185,8 +185,9 @@ def test_a_trial_that_failed_is_retried_by_tune_and_resumes_its_run(retried_swee
     assert not (retried_sweep.sweep_dir / "tune" / "standard_transformer_seed1" / "error.txt").exists()
 
 
-def test_tunes_result_grid_opens_the_sweep_with_val_loss_and_checkpoint_path(retried_sweep):
-    grid = open_results(retried_sweep.sweep_dir)
+def test_tunes_result_grid_opens_the_sweep_with_val_loss_and_checkpoint_path(retried_sweep, monkeypatch):
+    monkeypatch.chdir(retried_sweep.sweep_dir.parent)
+    grid = open_results(Path(retried_sweep.sweep_dir.name))  # as a user in the output folder names it
     assert grid.num_errors == 0 and len(grid) == 2
     for result in grid:
         results = json.loads((retried_sweep.sweep_dir / result.config["ablation"] / "results.json").read_text())
@@ -340,6 +341,8 @@ def test_resume_must_without_an_unfinished_sweep_is_refused_before_ray_starts(tm
 @pytest.mark.parametrize("argv, message", [
     (["compare", "{tmp}/missing"], "no such folder: {tmp}/missing"),
     (["compare", "{tmp}"], "no runs (folders with config.json) in {tmp}"),
+    (["compare", "{tmp}", "--output", "/dev/null/cmp"],
+     "--output='/dev/null/cmp' cannot be a folder: '/dev/null' is a file"),
     (["ls", "{tmp}/missing"], "no such folder: {tmp}/missing"),
 ])
 def test_compare_and_ls_refuse_folders_without_runs(argv, message, tmp_path):
