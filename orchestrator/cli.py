@@ -7,6 +7,7 @@ validated before Ray starts or a file is written, and a user mistake exits with 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -184,6 +185,17 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PIPED_WIDTH = 200
+"""Columns of output that goes to a file, a pipe or ``ray job logs`` (rich would assume 80): wide
+enough that a sweep's table keeps its numbers instead of cutting them to ``6.83…``."""
+
+
+def make_console() -> Console:
+    """The console of every command: the terminal's width, or ``COLUMNS``, or :data:`PIPED_WIDTH`."""
+    piped = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    return Console(width=PIPED_WIDTH if piped else None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``spectral-gpt`` console script."""
     parser = build_parser()
@@ -191,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["train", *argv]
     args = parse_args(parser, argv)
-    console = Console(stderr=False)
+    console = make_console()
     try:
         with driver_runtime_env(getattr(args, "runtime_env", None)):
             return args.handler(args, console)

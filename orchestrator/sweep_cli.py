@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import OneLineParser, add_run_arguments, settings_from_args
+from orchestrator.cli import OneLineParser, add_run_arguments, make_console, settings_from_args
 from orchestrator.config_file import driver_runtime_env, parse_args
 from orchestrator.settings import require_folder
 from orchestrator.summary import (
@@ -208,7 +208,7 @@ def run_script(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     args = parse_args(parser, argv)
     if prepare is not None:
         args = prepare(args)
-    console = Console()
+    console = make_console()
     try:
         with driver_runtime_env(args.runtime_env):
             return run(args, console)

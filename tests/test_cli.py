@@ -25,7 +25,7 @@ import pytest
 from runs import actors_started
 from test_secrets import assert_no_secret, secret_environment, secret_runtime_env
 
-from orchestrator.cli import build_parser, main, settings_from_args
+from orchestrator.cli import PIPED_WIDTH, build_parser, main, make_console, settings_from_args
 from orchestrator.monitoring import MetricsLogger
 from orchestrator.settings import default_cpus_per_worker, usable_cpus
 from orchestrator.sweep_cli import sweep_settings_from_args
@@ -273,3 +273,11 @@ def test_precision_and_compile_reach_every_runs_train_config():
     sweep = sweep_settings_from_args(parser.parse_args(["ablate", "--experiment", "rgd_only", "qfe_only",
                                                         "--precision", "bf16", "--compile", "max-autotune"]))
     assert [(run.spec.train.precision, run.spec.train.compile) for run in sweep.runs] == [("bf16", "max-autotune")] * 2
+
+
+def test_output_to_a_pipe_or_file_is_wide_enough_for_tables(monkeypatch, capsys):
+    """rich assumes 80 columns off a terminal and cuts a sweep table's numbers to '6.83…' (capsys: a pipe)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert make_console().width == PIPED_WIDTH
+    monkeypatch.setenv("COLUMNS", "100")  # a width the user or the job runner set wins
+    assert make_console().width == 100
