@@ -303,8 +303,8 @@ def _release_staging(monitor: Any, location: str) -> str | None:
         problem = "its last files could not be uploaded"
     except ray.exceptions.RayError as exc:  # a dead actor's files are remote up to its last sync
         problem = f"the monitoring actor did not upload its last files ({_actor_failure(exc)})"
-    return (f"{location} may lack the end of this run: {problem}; rerunning the same command continues "
-            "from its newest uploaded checkpoint")
+    return (f"{location} may lack the end of this run: {problem}; the same command run again on this node "
+            "uploads what is kept here first, elsewhere it continues from the newest uploaded checkpoint")
 
 
 def _actor_failure(exc: BaseException) -> str:

@@ -238,14 +238,35 @@ class RunMirror:
         """Why the latest sync did not upload everything (None when it did)."""
 
     @classmethod
-    def attach(cls, location: str, staging_root: Path | None = None) -> "RunMirror":
-        """Open the run at the URI ``location`` and download it into a fresh staging copy here."""
+    def attach(cls, location: str, staging_root: Path | None = None,
+               filesystem: pafs.FileSystem | None = None) -> "RunMirror":
+        """Open the run at the URI ``location`` and download it into a fresh staging copy here;
+        ``filesystem`` serves the URI's path instead of the one its scheme names (as Ray Train's
+        ``storage_filesystem``: a custom endpoint or client).
+
+        A staging copy already here was left by an actor of this run whose last uploads failed (its
+        release keeps it): where it is ahead of the remote it goes up first, and where that fails
+        too this raises ``OSError`` rather than replace the only copy of that work.
+        """
         fs, root = open_filesystem(location)
+        fs = filesystem or fs
         digest = hashlib.sha256(location.encode()).hexdigest()[:16]
         staging = Path(staging_root or default_staging_root()) / digest / root.rstrip("/").rsplit("/", 1)[-1]
         mirror = cls(location, fs, root, staging)
+        if staging.is_dir() and mirror._kept_copy_is_ahead() and not mirror.sync():
+            raise OSError(f"staging copy {staging} holds work that {location} lacks and it could not be "
+                          f"uploaded ({mirror.last_error}); it is kept")
         mirror.download()
         return mirror
+
+    def _kept_copy_is_ahead(self) -> bool:
+        """Whether the staging copy here has a newer committed checkpoint than the remote, or the same
+        one and the results the remote lacks (a run whose end never went up)."""
+        local = _newest_step(_read_json(pafs.LocalFileSystem(), str(self.staging / MANIFEST_REL)))
+        remote = _newest_step(_read_json(self.filesystem, f"{self.remote_root}/{MANIFEST_REL}"))
+        ended_here = (self.staging / "results.json").is_file() and self.filesystem.get_file_info(
+            f"{self.remote_root}/results.json").type == pafs.FileType.NotFound
+        return local > remote or (local == remote and ended_here)
 
     def download(self) -> int:
         """Replace the staging copy with the remote files (plots and Ray's folder stay remote); a count."""
@@ -418,6 +439,14 @@ def _writes_in_place(fs: pafs.FileSystem) -> bool:
 def _signature(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _newest_step(manifest: dict[str, Any]) -> int:
+    """The newest step a manifest commits (-1 for none, or an unreadable manifest)."""
+    try:
+        return max((int(e["step"]) for e in manifest.get("checkpoints", [])), default=-1)
+    except (KeyError, TypeError, ValueError):
+        return -1
 
 
 def _listed_files(manifest: bytes) -> frozenset[str] | None:

@@ -208,6 +208,29 @@ def test_a_manifest_goes_up_only_with_what_it_lists_and_no_sync_deletes_a_run_it
     assert sorted(p.relative_to(remote) for p in remote.rglob("*")) == uploaded
 
 
+def test_a_kept_staging_copy_that_is_ahead_goes_up_before_a_new_actor_replaces_it(tmp_path):
+    """An actor whose uploads failed to the end keeps its staging copy; the next actor of the run on that
+    node (the same command run again, a Ray restart) uploads it first instead of deleting that work."""
+    remote = tmp_path / "bucket" / "run_1"
+    remote.mkdir(parents=True)
+    first = RunMirror.attach(_uri(remote), tmp_path / "staging")
+    checkpoints = CheckpointManager(first.staging, keep_last_n=2)
+    checkpoints.save_checkpoint(10, state={"w": torch.full((3,), 10.0)})
+    assert first.sync()
+    first.filesystem = PyFileSystem(FlakyBucket(refuse="/"))  # the credentials expire
+    checkpoints.save_checkpoint(20, state={"w": torch.full((3,), 20.0)})
+    ConfigTracker(first.staging).save_results({"total_steps": 20}, status="completed")
+    assert not first.release() and first.staging.is_dir()
+
+    with pytest.raises(OSError, match="holds work that .* lacks and it could not be uploaded"):
+        RunMirror.attach(_uri(remote), tmp_path / "staging", filesystem=PyFileSystem(FlakyBucket(refuse="/")))
+    assert (first.staging / "results.json").is_file()
+    again = RunMirror.attach(_uri(remote), tmp_path / "staging")  # the network is back
+    assert again.staging == first.staging
+    assert _remote_manifest_steps(remote) == [10, 20] and (remote / "results.json").is_file()
+    assert CheckpointManager(again.staging).load_latest_checkpoint()["state"]["w"][0].item() == 20.0
+
+
 def test_an_upload_that_fails_is_a_warning_of_the_run_and_its_release_keeps_the_staging_copy(tmp_path,
                                                                                               staging_in_tmp):
     settings = _uri_settings(tmp_path, str(tmp_path / "cache"), "cut", steps=30, resume="never")
