@@ -54,6 +54,8 @@ class RunMonitor:
         self.attempt = 0
         self.progress: dict[str, Any] = {"step": 0, "status": "starting"}
         self.workers: dict[int, int] = {}
+        self.train_controller: Any = None
+        """The Ray Train controller of this run's fit (an actor handle), once it has started."""
         self.final: dict[str, Any] | None = None
         self.warnings: list[str] = []
         """Problems training went on through (a checkpoint not saved, a corrupt one skipped), each
@@ -103,6 +105,15 @@ class RunMonitor:
     def register_worker(self, rank: int, pid: int) -> None:
         """Record which process runs each rank (for diagnostics and fault-injection tests)."""
         self.workers[rank] = pid
+
+    def register_train_controller(self, controller: Any) -> None:
+        """Keep the handle of the Train controller as it starts, for a driver that must stop the run:
+        Train aborts it on Ctrl-C only when ``fit()`` runs in the main thread, and ours does not."""
+        self.train_controller = controller
+
+    def get_train_controller(self) -> Any:
+        """The handle :meth:`register_train_controller` kept, or None before the controller started."""
+        return self.train_controller
 
     def log(self, attempt: int, rows: list[dict[str, Any]]) -> None:
         """Append metric rows; rows from an attempt that was superseded are dropped."""

@@ -24,6 +24,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback
 
 from orchestrator.config_file import current_runtime_env
 from orchestrator.monitor import start_monitor
@@ -80,6 +81,26 @@ class DatasetFreeTrainer(TorchTrainer):
         if self.datasets:
             return callbacks
         return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+
+
+class ControllerHandOff(ControllerCallback):
+    """Hands the Train controller's own actor handle to the run's monitoring actor as it starts.
+
+    ``fit()`` runs in a thread of the driver (the main thread polls progress), where Ray Train sets
+    no Ctrl-C handler: without the handle, an interrupted Python API call (a notebook's "interrupt
+    kernel") would return while the controller, its workers and their CPUs trained on. Run configs
+    take such internal callbacks as they are (``DataParallelTrainer._create_default_callbacks``).
+    """
+
+    def __init__(self, monitor: Any) -> None:
+        self.monitor = monitor
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        self.monitor.register_train_controller.remote(ray.get_runtime_context().current_actor)
+
+
+ABORT_TIMEOUT_S = 30.0
+"""Longest wait for an interrupted run's controller to start, then to abort its workers."""
 
 
 @dataclass
@@ -277,7 +298,7 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
             name=f"invocation_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}",
             storage_path=storage, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=settings.scaling.max_failures),
-            callbacks=callbacks or None),
+            callbacks=[*(callbacks or []), ControllerHandOff(monitor)]),
     )
     outcome = None
     try:
@@ -328,14 +349,37 @@ def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callabl
 
     thread = threading.Thread(target=fit, name="spectral-gpt-fit", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(poll_seconds)
-        if on_progress is not None:
-            try:
-                on_progress(ray.get(monitor.get_progress.remote()))
-            except ray.exceptions.RayActorError:
-                on_progress = None  # the workers fail on it too; the outcome says why
+    try:
+        while thread.is_alive():
+            thread.join(poll_seconds)
+            if on_progress is not None:
+                try:
+                    on_progress(ray.get(monitor.get_progress.remote()))
+                except ray.exceptions.RayActorError:
+                    on_progress = None  # the workers fail on it too; the outcome says why
+    except BaseException:  # Ctrl-C, or the caller's on_progress raised: the run must not train on
+        _abort_fit(monitor, thread)
+        raise
     return errors[0] if errors else None
+
+
+def _abort_fit(monitor: Any, thread: threading.Thread) -> None:
+    """Abort the Train controller of the fit in ``thread`` (its workers and placement group with it),
+    waiting for it to start if it has not yet, then for the fit to return."""
+    deadline = time.monotonic() + ABORT_TIMEOUT_S
+    controller = None
+    try:
+        while controller is None and thread.is_alive() and time.monotonic() < deadline:
+            controller = ray.get(monitor.get_train_controller.remote(), timeout=ABORT_TIMEOUT_S)
+            if controller is None:
+                time.sleep(0.2)
+        if controller is not None:
+            ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+    except ray.exceptions.RayActorError:
+        pass  # abort ends the controller's process, which is how it answers
+    except ray.exceptions.RayError as exc:
+        log.warning("could not abort the Train run (%s); it may hold its CPUs until it ends", exc)
+    thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None) -> RunOutcome:

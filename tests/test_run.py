@@ -237,6 +237,28 @@ def test_a_monitoring_actor_that_could_not_start_fails_the_run_with_its_reason_i
                              "(it could not start: OSError: [Errno 28] No space left on device)")
 
 
+def test_an_interrupted_api_call_stops_its_training_and_gives_its_cpus_back(ray_session, token_cache, tmp_path):
+    """A notebook's "interrupt kernel" reaches the driver's polling loop, not Train's fit thread: the run
+    must stop there and then, not train on in the background holding the CPUs the next call needs."""
+    settings = run_settings(tmp_path, token_cache, "interrupted", steps=100_000,
+                            monitoring=MonitoringSettings(enabled=False))
+    # Retried without end, the workers would never give up by themselves once their monitor is gone.
+    settings = dataclasses.replace(settings, scaling=dataclasses.replace(settings.scaling, max_failures=-1))
+
+    def interrupt_once_training(progress: dict) -> None:
+        if progress.get("step", 0) >= 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_training(settings, on_progress=interrupt_once_training)
+    total = ray_session.cluster_resources()["CPU"]
+    deadline = time.monotonic() + 20
+    while ray_session.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray_session.available_resources().get("CPU", 0) == total
+    assert {pg["state"] for pg in ray_session.util.placement_group_table().values()} <= {"REMOVED"}
+
+
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
     settings = run_settings(tmp_path, token_cache, "diverge", steps=40, lr=1e12, warmup_steps=0)
     outcome = run_training(settings)
