@@ -303,7 +303,7 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
     outcome = None
     try:
         fit_error = _fit_with_progress(trainer, monitor, on_progress, poll_seconds)
-        outcome = _outcome(monitor, run_dir, fit_error)
+        outcome = _outcome(monitor, run_dir, fit_error, settings.scaling.max_failures)
     finally:
         if run_dir is not None and is_uri(str(run_dir)):
             problem = _release_staging(monitor, str(run_dir))
@@ -382,7 +382,8 @@ def _abort_fit(monitor: Any, thread: threading.Thread) -> None:
     thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None) -> RunOutcome:
+def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None,
+             max_failures: int = 0) -> RunOutcome:
     try:
         final = ray.get(monitor.get_final.remote())
         progress = ray.get(monitor.get_progress.remote())
@@ -390,12 +391,33 @@ def _outcome(monitor: Any, run_dir: Path | None, fit_error: BaseException | None
         return RunOutcome("failed", run_dir, error=f"the run's monitoring actor died ({_actor_failure(exc)})")
     start = int(progress.get("resumed_from", 0))
     if final is None:
-        error = f"training failed: {fit_error}" if fit_error else "training ended without a result"
-        if run_dir is not None:
-            ray.get(monitor.finish.remote("failed", {}, None, error))
+        error = (fit_failure(fit_error, max_failures, resumable=run_dir is not None) if fit_error
+                 else "training ended without a result")
+        if run_dir is not None:  # results.json keeps Ray's whole account (worker log paths, tracebacks)
+            details = f"\n\n{fit_error}" if fit_error else ""
+            ray.get(monitor.finish.remote("failed", {}, None, error + details))
         return RunOutcome("failed", run_dir, error=error, start_step=start, warnings=progress["warnings"])
     return RunOutcome(final["status"], run_dir, final["final_metrics"], final["error"],
                       final["generation_samples"], start_step=start, warnings=final["warnings"])
+
+
+def fit_failure(error: BaseException, max_failures: int, resumable: bool) -> str:
+    """One line for a Train run that gave up: which rank failed how, that ``--max-failures`` was used
+    up, and what to do next (Ray's own message runs to twenty lines of worker metadata)."""
+    if not isinstance(error, ray.train.WorkerGroupError) or not error.worker_failures:
+        return f"training failed: {_essential_line(error)}"
+    failures = "; ".join(f"rank {rank}: {_essential_line(exc)}" for rank, exc in sorted(error.worker_failures.items()))
+    then = ("; the same command run again continues from the last checkpoint" if resumable
+            else "; with monitoring off nothing is kept to continue from")
+    return f"workers kept failing, more than --max-failures {max_failures} restarts allow ({failures}){then}"
+
+
+def _essential_line(error: BaseException) -> str:
+    """An exception's own line: the last of a traceback (``ValueError: ...``), else its first."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if any(line.startswith("Traceback (most recent call last)") for line in lines) else lines[0]
 
 
 def train_experiment(experiment: str = "wave_baseline", model: str = "tiny", steps: int = 500, *,

@@ -15,7 +15,7 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import _outcome, resolve_run_dir, run_training, train_experiment, with_worker_cpus
+from orchestrator.run import _outcome, fit_failure, resolve_run_dir, run_training, train_experiment, with_worker_cpus
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from orchestrator.snapshot import snapshot
 from orchestrator.wire import to_wire
@@ -257,6 +257,24 @@ def test_an_interrupted_api_call_stops_its_training_and_gives_its_cpus_back(ray_
         time.sleep(0.2)
     assert ray_session.available_resources().get("CPU", 0) == total
     assert {pg["state"] for pg in ray_session.util.placement_group_table().values()} <= {"REMOVED"}
+
+
+def test_a_run_that_used_up_its_restarts_says_so_in_one_line_with_what_to_do():
+    """Ray's own message runs to twenty lines of worker metadata and boilerplate; these are the two
+    kinds of worker failure it carries (a killed process, an exception in the training loop)."""
+    from ray.train import WorkerGroupError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+    killed = RuntimeError("A worker health check failed.\nWorker info: Worker(actor=..., log_file_path=...)\n"
+                          "The worker may have exited unexpectedly due to SIGSEGV or other system errors.")
+    raised = UserExceptionWithTraceback(ValueError("bad batch"), 'Traceback (most recent call last):\n'
+                                        '  File "worker.py", line 9, in loop\nValueError: bad batch\n')
+    error = WorkerGroupError("[Rank 0 Error Snippet]:\n...\n[Rank 1 Error Snippet]:\n...", {1: raised, 0: killed})
+    assert fit_failure(error, 2, resumable=True) == (
+        "workers kept failing, more than --max-failures 2 restarts allow (rank 0: A worker health check failed.; "
+        "rank 1: ValueError: bad batch); the same command run again continues from the last checkpoint")
+    assert fit_failure(error, 0, resumable=False).endswith("; with monitoring off nothing is kept to continue from")
+    assert fit_failure(RuntimeError("controller\ngone"), 2, resumable=True) == "training failed: controller"
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
