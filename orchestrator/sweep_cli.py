@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import OneLineParser, add_run_arguments, make_console, settings_from_args
+from orchestrator.cli import OneLineParser, add_run_arguments, make_console, settings_from_args, shutting_down_own_ray
 from orchestrator.config_file import driver_runtime_env, parse_args
 from orchestrator.settings import require_folder
 from orchestrator.summary import (
@@ -209,14 +209,15 @@ def run_script(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     if prepare is not None:
         args = prepare(args)
     console = make_console()
-    try:
-        with driver_runtime_env(args.runtime_env):
-            return run(args, console)
-    except ConfigError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted; run the same command again to continue the {what}")
-        return 130
+    with shutting_down_own_ray():
+        try:
+            with driver_runtime_env(args.runtime_env):
+                return run(args, console)
+        except ConfigError as exc:
+            parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted; run the same command again to continue the {what}")
+            return 130
 
 
 def seed_script_parser(prog: str) -> argparse.ArgumentParser:

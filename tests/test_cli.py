@@ -25,7 +25,7 @@ import pytest
 from runs import actors_started
 from test_secrets import assert_no_secret, secret_environment, secret_runtime_env
 
-from orchestrator.cli import PIPED_WIDTH, build_parser, main, make_console, settings_from_args
+from orchestrator.cli import PIPED_WIDTH, build_parser, main, make_console, settings_from_args, shutting_down_own_ray
 from orchestrator.monitoring import MetricsLogger
 from orchestrator.settings import default_cpus_per_worker, usable_cpus
 from orchestrator.sweep_cli import sweep_settings_from_args
@@ -281,3 +281,35 @@ def test_output_to_a_pipe_or_file_is_wide_enough_for_tables(monkeypatch, capsys)
     assert make_console().width == PIPED_WIDTH
     monkeypatch.setenv("COLUMNS", "100")  # a width the user or the job runner set wins
     assert make_console().width == 100
+
+
+SHUTDOWN_PROBE = """\
+import signal, ray
+from orchestrator.cli import shutting_down_own_ray
+ignored = []
+shut_down = ray.shutdown
+def observed_shutdown(*args, **kwargs):
+    ignored.append(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+    shut_down(*args, **kwargs)
+ray.shutdown = observed_shutdown
+with shutting_down_own_ray():
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+print(ignored, ray.is_initialized(), signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+def test_a_command_shuts_down_the_ray_it_started_with_ctrl_c_ignored_meanwhile(ray_tmp):
+    """Ray's own exit hook, interrupted by a second Ctrl-C, left its agents running; a command now shuts its
+    Ray down itself, deaf to Ctrl-C for those seconds, then gives Ctrl-C back."""
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", SHUTDOWN_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[-2] == "[True] False True"
+
+
+def test_a_command_leaves_a_ray_it_joined_running(ray_session):
+    with shutting_down_own_ray():
+        pass
+    assert ray_session.is_initialized()
