@@ -26,7 +26,7 @@ from orchestrator.cli import add_run_arguments
 from orchestrator.monitoring import atomic
 from orchestrator.summary import RunRecord, load_run, run_row
 from orchestrator.summary_plots import write_learning_curves
-from orchestrator.sweep_cli import run_script, sweep_settings_from_args
+from orchestrator.sweep_cli import print_errored, run_script, sweep_settings_from_args
 
 if TYPE_CHECKING:
     from orchestrator.sweep import SweepSettings
@@ -94,6 +94,7 @@ def run_benchmark(args: argparse.Namespace, console: Console) -> int:
         console.print("comparison: " + ", ".join(str(p) for p in benchmark.files.values()))
     verb = "restored and finished" if outcome.restored else "finished"
     console.print(f"benchmark {verb} in {outcome.sweep_dir}")
+    print_errored(console, outcome.errored)
     failed = [r.run_dir.name for r in records if r.status != "completed"]
     problems = sorted({*outcome.errored, *failed})
     if problems:

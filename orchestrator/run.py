@@ -331,10 +331,9 @@ def _release_staging(monitor: Any, location: str) -> str | None:
 def _actor_failure(exc: BaseException) -> str:
     """One line for a monitoring actor that died: the error its constructor raised (a staging copy
     that could not be downloaded, say), or Ray's first line."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed and lines:
-        return f"it could not start: {lines[-1]}"
-    return lines[0] if lines else type(exc).__name__
+    if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
+        return f"it could not start: {essential_line(exc)}"
+    return essential_line(exc)
 
 
 def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callable | None,
@@ -405,19 +404,22 @@ def fit_failure(error: BaseException, max_failures: int, resumable: bool) -> str
     """One line for a Train run that gave up: which rank failed how, that ``--max-failures`` was used
     up, and what to do next (Ray's own message runs to twenty lines of worker metadata)."""
     if not isinstance(error, ray.train.WorkerGroupError) or not error.worker_failures:
-        return f"training failed: {_essential_line(error)}"
-    failures = "; ".join(f"rank {rank}: {_essential_line(exc)}" for rank, exc in sorted(error.worker_failures.items()))
+        return f"training failed: {essential_line(error)}"
+    failures = "; ".join(f"rank {rank}: {essential_line(exc)}" for rank, exc in sorted(error.worker_failures.items()))
     then = ("; the same command run again continues from the last checkpoint" if resumable
             else "; with monitoring off nothing is kept to continue from")
     return f"workers kept failing, more than --max-failures {max_failures} restarts allow ({failures}){then}"
 
 
-def _essential_line(error: BaseException) -> str:
-    """An exception's own line: the last of a traceback (``ValueError: ...``), else its first."""
+def essential_line(error: BaseException) -> str:
+    """An exception's own line: the last of a traceback (``ValueError: ...``; Ray prints a remote one
+    without its ``Traceback`` header), else its first (Ray's errors put the cause first and worker
+    metadata after it)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if not lines:
         return type(error).__name__
-    return lines[-1] if any(line.startswith("Traceback (most recent call last)") for line in lines) else lines[0]
+    traceback = any(line.startswith(("Traceback (most recent call last)", 'File "')) for line in lines)
+    return lines[-1] if traceback else lines[0]
 
 
 def train_experiment(experiment: str = "wave_baseline", model: str = "tiny", steps: int = 500, *,

@@ -32,7 +32,7 @@ from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
-from orchestrator.run import connect_ray, data_identity, prepare_data, run_training
+from orchestrator.run import connect_ray, data_identity, essential_line, prepare_data, run_training
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings, usable_cpus
 from orchestrator.storage import is_uri
 from orchestrator.summary import (
@@ -278,8 +278,9 @@ class SweepOutcome:
     sweep_dir: Path
     summary: Summary | None
     """None when no trial got as far as writing its run folder (all of them errored at start)."""
-    errored: list[str]
-    """Run names whose trial still failed after ``trial_retries`` retries; rerunning the command retries."""
+    errored: dict[str, str]
+    """Run name -> why, for each trial that still failed after ``trial_retries`` retries (rerunning the
+    command retries them)."""
     restored: bool
 
 
@@ -351,19 +352,19 @@ def _scheduler(run: RunSettings, kind: str) -> ASHAScheduler | None:
     return ASHAScheduler(time_attr="step", max_t=train.steps, grace_period=grace, reduction_factor=3)
 
 
-def _settle(grid: ResultGrid, runs: Sequence[RunSettings], scheduler: str) -> list[str]:
-    """Record how each trial ended in its run folder; return the names of errored trials.
+def _settle(grid: ResultGrid, runs: Sequence[RunSettings], scheduler: str) -> dict[str, str]:
+    """Record how each trial ended in its run folder; return each errored trial's run name and error line.
 
     Every trial has ended (none was interrupted), so one that Tune terminated without error but
     whose run has no final result was stopped by the scheduler: its results.json then says
     ``stopped``, with the metrics it reached.
     """
     by_trial = {(r.ablation, r.spec.train.seed): r for r in runs}
-    errored = []
+    errored = {}
     for result in grid:
         run = by_trial[(result.config["ablation"], result.config["seed"])]
         if result.error is not None:
-            errored.append(run.name)
+            errored[run.name] = essential_line(result.error).removeprefix(f"{TrialFailedError.__name__}: ")
             continue
         record = load_run(Path(run.output) / run.name)
         if record is not None and not _is_final(record.results):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli import OneLineParser, add_run_arguments, make_console, settings_from_args, shutting_down_own_ray
@@ -107,13 +108,19 @@ def run_ablate(args: argparse.Namespace, console: Console) -> int:
     verb = "restored and finished" if outcome.restored else "finished"
     where = f"; open {outcome.summary.files['html']} for the tables and plots" if outcome.summary else ""
     console.print(f"sweep {settings.name} {verb} in {outcome.sweep_dir}{where}")
+    print_errored(console, outcome.errored)
     if outcome.errored:
-        console.print(f"[red]trials that kept failing: {', '.join(outcome.errored)}; run the same command "
-                      "again to retry them")
+        console.print("[red]run the same command again to retry the trials that kept failing")
     failed = [r["run"] for r in rows if r["status"] == "failed" and r["run"] not in outcome.errored]
     if failed:
         console.print(f"[red]runs that failed: {', '.join(failed)} (their results.json says why)")
     return 1 if outcome.errored or failed else 0
+
+
+def print_errored(console: Console, errored: dict[str, str]) -> None:
+    """One line per trial Tune gave up on, with its error's own line (the rest is in Tune's error files)."""
+    for run, why in errored.items():
+        console.print(f"[red]trial {run} kept failing: {escape(why)}", soft_wrap=True)
 
 
 def run_compare(args: argparse.Namespace, console: Console) -> int:

@@ -28,11 +28,19 @@ from rich.console import Console
 
 from orchestrator.monitoring import MetricsLogger
 from orchestrator.settings import build_run_settings
-from orchestrator.sweep import build_sweep_settings, find_unfinished_sweep, open_results, write_sweep_record
+from orchestrator.sweep import (
+    TrialFailedError,
+    _settle,
+    build_sweep_settings,
+    find_unfinished_sweep,
+    open_results,
+    write_sweep_record,
+)
 from orchestrator.sweep_cli import (
     DRY_RUN,
     ablate_main,
     apply_seed_flags,
+    print_errored,
     register_commands,
     seed_script_parser,
     sweep_settings_from_args,
@@ -403,6 +411,22 @@ def test_a_grid_off_equal_footing_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="same size, steps, batch, data, scaling and monitoring"):
         build_sweep_settings(["rgd_only", "qfe_only"], uneven, seed=1, max_concurrent=1)
+
+
+def test_a_trial_tune_gave_up_on_is_reported_with_its_errors_own_line(tmp_path):
+    """Tune's Result objects are stood in for (a real errored trial takes a run that fails four times);
+    the error's text is Ray's, as a trial that raised gives it: a header, the remote frames, the cause."""
+    settings = build_sweep_settings(["rgd_only", "qfe_only"], _make_run(tmp_path), seed=1, max_concurrent=1)
+    cause = "run rgd_only failed: workers kept failing, more than --max-failures 2 restarts allow (rank 0: ...)"
+    remote = TrialFailedError(f"ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1, actor_id=ab)\n    ^^^^\n"
+                              f'  File "orchestrator/sweep.py", line 264, in run_trial\n    raise ...\n'
+                              f"TrialFailedError: {cause}")
+    grid = [SimpleNamespace(config={"ablation": "rgd_only", "seed": 1}, error=remote),
+            SimpleNamespace(config={"ablation": "qfe_only", "seed": 1}, error=None)]
+    assert _settle(grid, settings.runs, "none") == {"rgd_only": cause}
+    console = Console(file=io.StringIO(), width=300)
+    print_errored(console, {"rgd_only": cause})
+    assert console.file.getvalue() == f"trial rgd_only kept failing: {cause}\n"
 
 
 def test_an_unfinished_sweep_with_another_grid_is_not_resumed(tmp_path):
