@@ -281,6 +281,25 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
         run_dir = resolve_run_dir(settings)
     else:
         run_dir = Path(create_experiment_directory(run_dir.parent, run_dir.name)["root"])
+    try:
+        return _train(settings, dataset, run_dir, on_progress, poll_seconds, report_to_ray, callbacks)
+    except BaseException:
+        _remove_if_never_started(run_dir)
+        raise
+
+
+def _remove_if_never_started(run_dir: Path | str | None) -> None:
+    """Remove a local run folder that an interrupted start left without config.json (written as
+    training begins) and without a checkpoint: no rerun could find it, and ``ls`` hides it."""
+    if run_dir is None or is_uri(str(run_dir)) or (Path(run_dir) / "config.json").exists():
+        return
+    if not any(Path(run_dir).glob("checkpoints/checkpoint_step_*.pt")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train(settings: RunSettings, dataset: TokenDataset, run_dir: Path | str | None,
+           on_progress: Callable[[dict[str, Any]], None] | None, poll_seconds: float, report_to_ray: bool,
+           callbacks: list[Any] | None) -> RunOutcome:
     connect_ray()
     settings = with_worker_cpus(settings)
     monitor = start_monitor(str(run_dir) if run_dir else None, settings.to_dict(), dataset.info())

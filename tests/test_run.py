@@ -15,7 +15,15 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import _outcome, fit_failure, resolve_run_dir, run_training, train_experiment, with_worker_cpus
+from orchestrator.run import (
+    _outcome,
+    _remove_if_never_started,
+    fit_failure,
+    resolve_run_dir,
+    run_training,
+    train_experiment,
+    with_worker_cpus,
+)
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from orchestrator.snapshot import snapshot
 from orchestrator.wire import to_wire
@@ -275,6 +283,22 @@ def test_a_run_that_used_up_its_restarts_says_so_in_one_line_with_what_to_do():
         "rank 1: ValueError: bad batch); the same command run again continues from the last checkpoint")
     assert fit_failure(error, 0, resumable=False).endswith("; with monitoring off nothing is kept to continue from")
     assert fit_failure(RuntimeError("controller\ngone"), 2, resumable=True) == "training failed: controller"
+
+
+def test_a_start_interrupted_before_training_leaves_no_run_folder_but_a_started_run_keeps_its_own(tmp_path,
+                                                                                                   token_cache):
+    """Ctrl-C while Ray starts: the new folder has Ray Train's storage marker and empty subfolders but
+    no config.json, which rank 0 writes as training begins; a rerun could never find it."""
+    settings = run_settings(tmp_path, token_cache, "early")
+    never, started, checkpointed = (resolve_run_dir(settings) for _ in range(3))
+    for run_dir in (never, started, checkpointed):
+        (run_dir / ".ray" / "invocation_1").mkdir(parents=True)
+        (run_dir / ".ray" / "invocation_1" / ".validate_storage_marker").touch()
+    (started / "config.json").write_text("{}")
+    CheckpointManager(checkpointed).save_checkpoint(10, state={"w": torch.ones(1)})
+    for run_dir in (never, started, checkpointed):
+        _remove_if_never_started(run_dir)
+    assert not never.exists() and started.is_dir() and checkpointed.is_dir()
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
