@@ -7,7 +7,9 @@ the files, and the workers restore the latest committed checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import shutil
@@ -15,7 +17,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,11 +283,42 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
         run_dir = resolve_run_dir(settings)
     else:
         run_dir = Path(create_experiment_directory(run_dir.parent, run_dir.name)["root"])
-    try:
-        return _train(settings, dataset, run_dir, on_progress, poll_seconds, report_to_ray, callbacks)
-    except BaseException:
-        _remove_if_never_started(run_dir)
-        raise
+    with sole_driver(run_dir):
+        try:
+            return _train(settings, dataset, run_dir, on_progress, poll_seconds, report_to_ray, callbacks)
+        except BaseException:
+            _remove_if_never_started(run_dir)
+            raise
+
+
+DRIVER_LOCK = ".driver.lock"
+"""The file in a local run folder that the driver training it holds locked (``flock``): the kernel
+lets go of it when that process ends, however it ends."""
+
+
+@contextlib.contextmanager
+def sole_driver(run_dir: Path | str | None) -> Iterator[None]:
+    """Hold the run folder for this driver; ConfigError while another live command trains it.
+
+    The same command run twice would otherwise find the first one's unfinished run and train it a
+    second time beside it, both writing one folder. A folder at a URI has no lock (object stores
+    offer none); one without monitoring has no folder.
+    """
+    if run_dir is None or is_uri(str(run_dir)):
+        yield
+        return
+    with open(Path(run_dir) / DRIVER_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise ConfigError(f"the run {run_dir} is being trained by another command ({lock.read().strip()}); "
+                              "let it finish, or pass --resume never (or another --name) for a new run") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        yield
 
 
 def _remove_if_never_started(run_dir: Path | str | None) -> None:

@@ -21,6 +21,7 @@ from orchestrator.run import (
     fit_failure,
     resolve_run_dir,
     run_training,
+    sole_driver,
     train_experiment,
     with_worker_cpus,
 )
@@ -299,6 +300,20 @@ def test_a_start_interrupted_before_training_leaves_no_run_folder_but_a_started_
     for run_dir in (never, started, checkpointed):
         _remove_if_never_started(run_dir)
     assert not never.exists() and started.is_dir() and checkpointed.is_dir()
+
+
+def test_the_same_command_run_while_its_run_still_trains_is_refused_before_ray(tmp_path, token_cache):
+    """The second command would find the first one's unfinished run and train it a second time beside
+    it; the first driver's lock (held here, as that process would) refuses it, and is gone with it."""
+    settings = run_settings(tmp_path, token_cache, "twice")
+    run_dir = resolve_run_dir(settings)
+    (run_dir / "config.json").write_text(json.dumps({"config": settings.to_dict()}))  # what training begins with
+    with sole_driver(run_dir):
+        with pytest.raises(ConfigError, match=rf"the run {run_dir} is being trained by another command "
+                                              rf"\(pid {os.getpid()} on "):
+            run_training(settings)
+    with sole_driver(resolve_run_dir(settings)):  # the first driver ended: the run is free again
+        assert (run_dir / "config.json").exists()
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
