@@ -24,9 +24,10 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from orchestrator.mirror import RunMirror
 from orchestrator.monitoring import CheckpointManager, ConfigTracker, MetricsLogger, VisualizationManager
 from orchestrator.settings import RunSettings
-from orchestrator.storage import RunMirror, is_uri
+from orchestrator.storage import is_uri
 from orchestrator.telemetry import RunTelemetry
 from orchestrator.wire import from_wire
 from spectral_gpt.model import build_model_from_config

@@ -1,4 +1,5 @@
-"""One run: resolve its folder, connect to Ray, start the monitoring actor, fit a TorchTrainer.
+"""One run: resolve its folder (:mod:`orchestrator.run_folder`), connect to Ray, start the monitoring
+actor, fit a TorchTrainer.
 
 Running the same command again after the driver died continues the unfinished run of that name
 (``resume="auto"``): the folder is found by name, a new monitoring actor rebuilds its state from
@@ -7,9 +8,7 @@ the files, and the workers restore the latest committed checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import logging
 import os
 import shutil
@@ -17,7 +16,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from ray.train.v2._internal.execution.callback import ControllerCallback
 
 from orchestrator.config_file import current_runtime_env
 from orchestrator.monitor import start_monitor
-from orchestrator.monitoring import create_experiment_directory, generate_experiment_id
+from orchestrator.monitoring import create_experiment_directory
+from orchestrator.run_folder import remove_if_never_started, resolve_run_dir, sole_driver
 from orchestrator.settings import (
     MonitoringSettings,
     RunSettings,
@@ -38,7 +38,7 @@ from orchestrator.settings import (
     check_folders,
     default_cpus_per_worker,
 )
-from orchestrator.storage import claim_run_location, is_uri, list_run_folders, ray_train_storage
+from orchestrator.storage import is_uri, ray_train_storage
 from orchestrator.worker import train_loop_per_worker
 from spectral_gpt.config import ConfigError
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
@@ -147,68 +147,6 @@ def prepare_data(settings: RunSettings) -> TokenDataset:
     return dataset
 
 
-RESUMABLE_CHANGES = frozenset({"train.compile"})
-"""Settings a run may change when it is continued: how a step runs, not what it computes (a compiled
-step computes the eager step's mathematics, tests/test_compile.py), so a run started eagerly can go
-on under ``--compile`` once it moves to a GPU, and the other way round."""
-
-
-def find_unfinished_run(settings: RunSettings) -> Path | str | None:
-    """The newest run folder of this name whose results.json does not say ``completed``.
-
-    A path, or a URI when the output is storage (the monitoring actor downloads that run).
-    """
-    candidates = [f for f in list_run_folders(settings.output, f"{settings.name}_")
-                  if f.config.get("name") == settings.name and f.status != "completed"]
-    if not candidates:
-        return None
-    newest = max(candidates, key=lambda f: f.config_mtime)
-    differs = (first_difference(newest.config.get("spec"), settings.spec.to_dict(), ignore=RESUMABLE_CHANGES)
-               or first_difference(data_identity(newest.config), data_identity(settings.to_dict()), "data"))
-    if differs:
-        raise ConfigError(f"the unfinished run {newest.location} was started with other settings ({differs}); "
-                          "rerun it with the same flags, or pass --resume never to start a new run")
-    return newest.location if is_uri(newest.location) else Path(newest.location)
-
-
-def data_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """What a run trains on, from its settings' dict form: the corpus and the vocabulary (not the cache
-    folder, which only keeps the tokens). The spec does not hold it, and a run continued on another
-    corpus would be neither run."""
-    data = config.get("data") or {}
-    return {"dataset": data.get("dataset"), "vocab_size": data.get("vocab_size")}
-
-
-def first_difference(saved: Any, wanted: Any, where: str = "", ignore: frozenset[str] = frozenset()) -> str | None:
-    """``"model.d_model=64 there, 128 now"`` for the first setting that differs, None when equal;
-    settings named in ``ignore`` (dotted paths) may differ."""
-    if isinstance(saved, dict) and isinstance(wanted, dict):
-        for key in [*saved, *(k for k in wanted if k not in saved)]:
-            path = f"{where}.{key}" if where else key
-            found = None if path in ignore else first_difference(saved.get(key), wanted.get(key), path, ignore)
-            if found:
-                return found
-        return None
-    return None if saved == wanted else f"{where or 'spec'}={saved!r} there, {wanted!r} now"
-
-
-def resolve_run_dir(settings: RunSettings) -> Path | str | None:
-    """The run folder (None when monitoring is off), found or created per ``settings.resume``."""
-    if not settings.monitoring.enabled:
-        if settings.resume == "must":
-            raise ConfigError("--resume must needs monitoring (checkpoints on disk); drop --no-monitoring")
-        return None
-    existing = None if settings.resume == "never" else find_unfinished_run(settings)
-    if existing is not None:
-        return existing
-    if settings.resume == "must":
-        raise ConfigError(f"--resume must: no unfinished run named {settings.name!r} in {settings.output}")
-    if is_uri(settings.output):
-        return claim_run_location(settings.output, settings.name)
-    exp_id = generate_experiment_id(settings.name, settings.output)
-    return Path(create_experiment_directory(settings.output, exp_id)["root"])
-
-
 def connect_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (``ray job submit``), else start a private local one.
 
@@ -287,47 +225,8 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
         try:
             return _train(settings, dataset, run_dir, on_progress, poll_seconds, report_to_ray, callbacks)
         except BaseException:
-            _remove_if_never_started(run_dir)
+            remove_if_never_started(run_dir)
             raise
-
-
-DRIVER_LOCK = ".driver.lock"
-"""The file in a local run folder that the driver training it holds locked (``flock``): the kernel
-lets go of it when that process ends, however it ends."""
-
-
-@contextlib.contextmanager
-def sole_driver(run_dir: Path | str | None) -> Iterator[None]:
-    """Hold the run folder for this driver; ConfigError while another live command trains it.
-
-    The same command run twice would otherwise find the first one's unfinished run and train it a
-    second time beside it, both writing one folder. A folder at a URI has no lock (object stores
-    offer none); one without monitoring has no folder.
-    """
-    if run_dir is None or is_uri(str(run_dir)):
-        yield
-        return
-    with open(Path(run_dir) / DRIVER_LOCK, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            raise ConfigError(f"the run {run_dir} is being trained by another command ({lock.read().strip()}); "
-                              "let it finish, or pass --resume never (or another --name) for a new run") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        lock.flush()
-        yield
-
-
-def _remove_if_never_started(run_dir: Path | str | None) -> None:
-    """Remove a local run folder that an interrupted start left without config.json (written as
-    training begins) and without a checkpoint: no rerun could find it, and ``ls`` hides it."""
-    if run_dir is None or is_uri(str(run_dir)) or (Path(run_dir) / "config.json").exists():
-        return
-    if not any(Path(run_dir).glob("checkpoints/checkpoint_step_*.pt")):
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _train(settings: RunSettings, dataset: TokenDataset, run_dir: Path | str | None,

@@ -32,7 +32,8 @@ from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
-from orchestrator.run import connect_ray, data_identity, essential_line, prepare_data, run_training
+from orchestrator.run import connect_ray, essential_line, prepare_data, run_training
+from orchestrator.run_folder import data_identity
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings, usable_cpus
 from orchestrator.storage import is_uri
 from orchestrator.summary import (

@@ -15,16 +15,8 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import (
-    _outcome,
-    _remove_if_never_started,
-    fit_failure,
-    resolve_run_dir,
-    run_training,
-    sole_driver,
-    train_experiment,
-    with_worker_cpus,
-)
+from orchestrator.run import _outcome, fit_failure, run_training, train_experiment, with_worker_cpus
+from orchestrator.run_folder import remove_if_never_started, resolve_run_dir, sole_driver
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from orchestrator.snapshot import snapshot
 from orchestrator.wire import to_wire
@@ -298,7 +290,7 @@ def test_a_start_interrupted_before_training_leaves_no_run_folder_but_a_started_
     (started / "config.json").write_text("{}")
     CheckpointManager(checkpointed).save_checkpoint(10, state={"w": torch.ones(1)})
     for run_dir in (never, started, checkpointed):
-        _remove_if_never_started(run_dir)
+        remove_if_never_started(run_dir)
     assert not never.exists() and started.is_dir() and checkpointed.is_dir()
 
 

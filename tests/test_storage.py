@@ -22,12 +22,14 @@ import torch
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from orchestrator.cli import main
+from orchestrator.mirror import RunMirror, default_staging_root
 from orchestrator.monitor import RunMonitor
 from orchestrator.monitoring import CheckpointManager, ConfigTracker, MetricsLogger
 from orchestrator.monitoring.checkpoints import MANIFEST_NAME
-from orchestrator.run import find_unfinished_run, resolve_run_dir, run_training
+from orchestrator.run import run_training
+from orchestrator.run_folder import find_unfinished_run, resolve_run_dir
 from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
-from orchestrator.storage import RunMirror, check_output, default_staging_root, normalize_output, ray_train_storage
+from orchestrator.storage import check_output, normalize_output, ray_train_storage
 from spectral_gpt.config import ConfigError
 from spectral_gpt.data import BatchSampler, TokenDataset
 from spectral_gpt.training import TrainState, train_step
