@@ -101,6 +101,9 @@ class ControllerHandOff(ControllerCallback):
         self.monitor.register_train_controller.remote(ray.get_runtime_context().current_actor)
 
 
+ACTOR_SILENCE_S = 120.0
+"""How long the driver waits for the monitoring actor's progress before saying so: the actor answers
+one call at a time, so a long upload or a stuck disk holds its answers, and the bar would just stop."""
 ABORT_TIMEOUT_S = 30.0
 """Longest wait for an interrupted run's controller to start, then to abort its workers."""
 
@@ -288,7 +291,10 @@ def _actor_failure(exc: BaseException) -> str:
 
 
 def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callable | None,
-                       poll_seconds: float) -> BaseException | None:
+                       poll_seconds: float, silence_s: float = ACTOR_SILENCE_S) -> BaseException | None:
+    """Run ``trainer.fit()`` in a thread and hand ``on_progress`` the monitoring actor's progress as
+    it answers; the error fit raised, if any. One question is out at a time, so a busy actor (a long
+    upload) is not sent a queue of them, and one unanswered for ``silence_s`` is said once."""
     errors: list[BaseException] = []
 
     def fit() -> None:
@@ -299,14 +305,25 @@ def _fit_with_progress(trainer: TorchTrainer, monitor: Any, on_progress: Callabl
 
     thread = threading.Thread(target=fit, name="spectral-gpt-fit", daemon=True)
     thread.start()
+    asked, asked_at = None, 0.0
     try:
         while thread.is_alive():
             thread.join(poll_seconds)
-            if on_progress is not None:
+            if on_progress is None:
+                continue
+            if asked is None:
+                asked, asked_at = monitor.get_progress.remote(), time.monotonic()
+            if ray.wait([asked], timeout=0)[0]:
                 try:
-                    on_progress(ray.get(monitor.get_progress.remote()))
+                    progress, asked = ray.get(asked), None
                 except ray.exceptions.RayActorError:
                     on_progress = None  # the workers fail on it too; the outcome says why
+                    continue
+                on_progress(progress)
+            elif asked_at and time.monotonic() - asked_at > silence_s:
+                asked_at = 0.0  # said once per question
+                log.warning("the monitoring actor has not answered for %g s (a slow or stuck upload or disk?); "
+                            "training waits for it at its next checkpoint", silence_s)
     except BaseException:  # Ctrl-C, or the caller's on_progress raised: the run must not train on
         _abort_fit(monitor, thread)
         raise

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
-from orchestrator.run import _outcome, fit_failure, run_training, train_experiment, with_worker_cpus
+from orchestrator.run import _fit_with_progress, _outcome, fit_failure, run_training, train_experiment, with_worker_cpus
 from orchestrator.run_folder import remove_if_never_started, resolve_run_dir, sole_driver
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from orchestrator.snapshot import snapshot
@@ -306,6 +307,32 @@ def test_the_same_command_run_while_its_run_still_trains_is_refused_before_ray(t
             run_training(settings)
     with sole_driver(resolve_run_dir(settings)):  # the first driver ended: the run is free again
         assert (run_dir / "config.json").exists()
+
+
+def test_a_monitoring_actor_that_stops_answering_is_said_once_and_not_sent_a_queue_of_questions(ray_session,
+                                                                                                 caplog):
+    """A long upload holds the actor's answers (it answers one call at a time): the driver says so once
+    instead of showing a bar that just stopped. The trainer is a stand-in whose fit takes 2 s."""
+    class SlowMonitor:  # defined here so that Ray ships it by value to the actor's process
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def get_progress(self) -> dict:
+            self.asked += 1
+            if self.asked == 2:
+                time.sleep(1.5)  # an upload in progress
+            return {"step": self.asked}
+
+    monitor = ray_session.remote(SlowMonitor).remote()
+    assert ray_session.get(monitor.get_progress.remote()) == {"step": 1}  # the actor is up
+    seen: list[dict] = []
+    trainer = SimpleNamespace(fit=lambda: time.sleep(2.5))
+    with caplog.at_level("WARNING", logger="orchestrator.run"):
+        assert _fit_with_progress(trainer, monitor, seen.append, poll_seconds=0.05, silence_s=0.5) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "the monitoring actor has not answered for 0.5 s (a slow or stuck upload or disk?); "
+        "training waits for it at its next checkpoint"]
+    assert seen[:2] == [{"step": 2}, {"step": 3}]  # no questions queued behind the slow answer
 
 
 def test_divergence_fails_the_run_with_a_clear_message(ray_session, token_cache, tmp_path):
