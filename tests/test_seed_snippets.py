@@ -1,8 +1,8 @@
 """The seed's MONITORING_QUICK_START.md snippets, run as written against a folder our classes produced.
 
-The snippets say ``from monitoring import ...`` (the original module sat next to the scripts); the
-subprocess that runs them maps that name to ``orchestrator.monitoring`` and changes nothing else
-except filling in the ``{exp_id}`` placeholder, as a user would.
+The snippets say ``from monitoring import ...`` (the original module sat next to the scripts), and the
+installed package answers to that name; the subprocess that runs them changes nothing but the
+``{exp_id}`` placeholder, which a user fills in.
 """
 
 from __future__ import annotations
@@ -120,9 +120,8 @@ PROBES = {
 
 _RUNNER = textwrap.dedent("""
     import json, sys, traceback
-    import orchestrator.monitoring
+    import monitoring
     imported = {m: m in sys.modules for m in ("ray", "spectral_gpt", "matplotlib.pyplot")}
-    sys.modules["monitoring"] = orchestrator.monitoring
     snippets = json.loads(open(sys.argv[1]).read())
     results = {"imported by the library": {"ok": True, "result": imported}}
     for name, code in snippets.items():
