@@ -27,13 +27,24 @@ step computes the eager step's mathematics, tests/test_compile.py), so a run sta
 on under ``--compile`` once it moves to a GPU, and the other way round."""
 
 
+def run_has_ended(results: dict[str, Any]) -> bool:
+    """Whether a run has ended for good: completed, or ended by its own loop (diverged, stopped early).
+
+    A run that failed with no final metrics was given up by the infrastructure (workers kept dying,
+    Ctrl-C): continuing it is worth it. A diverged run would diverge again, and its user's next step is
+    a rerun with other settings, which must start a new run rather than be refused as a changed one.
+    """
+    status = results.get("status")
+    return status == "completed" or (status in ("failed", "stopped") and bool(results.get("final_metrics")))
+
+
 def find_unfinished_run(settings: RunSettings) -> Path | str | None:
-    """The newest run folder of this name whose results.json does not say ``completed``.
+    """The newest run folder of this name that has not ended (:func:`run_has_ended`).
 
     A path, or a URI when the output is storage (the monitoring actor downloads that run).
     """
     candidates = [f for f in list_run_folders(settings.output, f"{settings.name}_")
-                  if f.config.get("name") == settings.name and f.status != "completed"]
+                  if f.config.get("name") == settings.name and not run_has_ended(f.results)]
     if not candidates:
         return None
     newest = max(candidates, key=lambda f: f.config_mtime)

@@ -136,8 +136,8 @@ class RunFolderInfo:
     config_mtime: float
     config: dict[str, Any]
     """``config.json``'s ``config``: the run's settings."""
-    status: str | None
-    """``results.json``'s ``status``; None while the run has not ended."""
+    results: dict[str, Any]
+    """``results.json``: how the run ended (status, final metrics, error); empty while it has not."""
 
 
 def list_run_folders(output: str, prefix: str) -> list[RunFolderInfo]:
@@ -162,7 +162,7 @@ def list_run_folders(output: str, prefix: str) -> list[RunFolderInfo]:
             mtime = fs.get_file_info(config_file).mtime
             found.append(RunFolderInfo(join_location(output, entry.base_name),
                                        mtime.timestamp() if mtime else 0.0, config,
-                                       read_json(fs, f"{entry.path}/results.json").get("status")))
+                                       read_json(fs, f"{entry.path}/results.json")))
     except (OSError, pa.ArrowException) as exc:
         raise ConfigError(f"output={output!r} cannot be read ({first_line(exc)})") from None
     return found

@@ -33,7 +33,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
 from orchestrator.run import connect_ray, essential_line, prepare_data, run_training
-from orchestrator.run_folder import data_identity
+from orchestrator.run_folder import data_identity, run_has_ended
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings, usable_cpus
 from orchestrator.storage import is_uri
 from orchestrator.summary import (
@@ -234,16 +234,6 @@ def write_sweep_record(sweep_dir: Path, settings: SweepSettings, runs: Sequence[
 
 # -- one trial (runs inside a Tune trial actor) -------------------------------------------------------
 
-def _is_final(results: dict[str, Any]) -> bool:
-    """Whether a run has ended for good: completed, or ended by its own loop (diverged, stopped early).
-
-    A run that failed with no final metrics was given up by the infrastructure (workers kept dying):
-    that one is worth another attempt, which resumes it. A diverged run would diverge again.
-    """
-    status = results.get("status")
-    return status == "completed" or (status in ("failed", "stopped") and bool(results.get("final_metrics")))
-
-
 def final_report(record: RunRecord) -> dict[str, Any]:
     """A trial's last Tune result, from its run folder: final metrics and the best checkpoint's path."""
     row = run_row(record)
@@ -258,7 +248,7 @@ def run_trial(config: dict[str, Any], runs: list[dict[str, Any]]) -> None:
                     if r["ablation"] == config["ablation"] and r["spec"]["train"]["seed"] == config["seed"])
     run_dir = Path(settings.output) / settings.name
     record = load_run(run_dir)
-    if record is None or not _is_final(record.results):
+    if record is None or not run_has_ended(record.results):
         outcome = run_training(settings, run_dir=run_dir, report_to_ray=True, callbacks=[TuneReportCallback()])
         record = load_run(run_dir)
         if record is None or (outcome.status != "completed" and not outcome.final_metrics):
@@ -368,7 +358,7 @@ def _settle(grid: ResultGrid, runs: Sequence[RunSettings], scheduler: str) -> di
             errored[run.name] = essential_line(result.error).removeprefix(f"{TrialFailedError.__name__}: ")
             continue
         record = load_run(Path(run.output) / run.name)
-        if record is not None and not _is_final(record.results):
+        if record is not None and not run_has_ended(record.results):
             row = run_row(record)
             ConfigTracker(record.run_dir).save_results(
                 {"total_steps": row["steps"], "val_loss": row["val_loss"], "best_val_loss": row["best_val_loss"],

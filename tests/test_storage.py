@@ -281,29 +281,48 @@ def test_monitor_at_a_uri_survives_its_own_restart_and_ends_with_remote_results(
     assert [r["step"] for r in MetricsLogger(remote / "logs").load_metrics()] == list(range(11))
 
 
+def _run_folder(path: Path, config: RunSettings, results: dict | None, age: int) -> None:
+    """A run folder as a driver finds it: its settings, how it ended (None: it has not), its age in s."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    if results is not None:
+        (path / "results.json").write_text(json.dumps(results))
+    os.utime(path / "config.json", (1e9 - age, 1e9 - age))
+
+
 def test_resume_lookup_on_a_uri_picks_the_newest_unfinished_run_of_the_name(tmp_path):
     settings = _uri_settings(tmp_path, str(tmp_path / "cache"), "r", steps=40)
     bucket = tmp_path / "bucket"
 
-    def folder(name: str, config: RunSettings, status: str | None, age: int) -> None:
-        path = bucket / name
-        path.mkdir(parents=True)
-        (path / "config.json").write_text(json.dumps({"config": config.to_dict()}))
-        if status:
-            (path / "results.json").write_text(json.dumps({"status": status}))
-        os.utime(path / "config.json", (1e9 - age, 1e9 - age))
-
     assert find_unfinished_run(settings) is None  # no bucket folder yet: no run
-    folder("r_20260101_000000_abc", settings, "failed", age=30)
-    folder("r_20260101_000001_abc", settings, None, age=20)
-    folder("r_20260101_000002_abc", settings, "completed", age=10)
+    _run_folder(bucket / "r_20260101_000000_abc", settings, {"status": "failed"}, age=30)
+    _run_folder(bucket / "r_20260101_000001_abc", settings, None, age=20)
+    _run_folder(bucket / "r_20260101_000002_abc", settings, {"status": "completed"}, age=10)
     other_name = _uri_settings(tmp_path, str(tmp_path / "cache"), "r_b", steps=40)
-    folder("r_b_20260101_000003_abc", other_name, None, age=0)
+    _run_folder(bucket / "r_b_20260101_000003_abc", other_name, None, age=0)
     assert find_unfinished_run(settings) == _uri(bucket / "r_20260101_000001_abc")
 
-    folder("r_20260101_000004_abc", _uri_settings(tmp_path, str(tmp_path / "cache"), "r", steps=99), None, age=5)
+    _run_folder(bucket / "r_20260101_000004_abc", _uri_settings(tmp_path, str(tmp_path / "cache"), "r", steps=99),
+                None, age=5)
     with pytest.raises(ConfigError, match="was started with other settings"):
         find_unfinished_run(settings)
+
+
+def test_a_diverged_run_has_ended_so_a_rerun_with_a_lower_lr_starts_a_new_run(tmp_path):
+    """A diverged run would diverge again if continued; its user reruns with other settings, which
+    must not be refused as a changed unfinished run. A run the workers' deaths ended is continued."""
+    cache = str(tmp_path / "cache")
+    diverged = _uri_settings(tmp_path, cache, "r", steps=40, lr=1.0)
+    _run_folder(tmp_path / "bucket" / "r_20260101_000000_abc", diverged, {
+        "status": "failed", "final_metrics": {"total_steps": 7, "loss": float("nan")},
+        "error": "training diverged at step 7: loss=nan, grad_norm=inf"}, age=10)
+    assert find_unfinished_run(diverged) is None
+    assert find_unfinished_run(_uri_settings(tmp_path, cache, "r", steps=40, lr=1e-3)) is None
+    gave_up = tmp_path / "bucket" / "r_20260101_000001_abc"
+    _run_folder(gave_up, diverged, {"status": "failed", "final_metrics": {}, "error": "max failures"}, age=5)
+    assert find_unfinished_run(diverged) == _uri(gave_up)
+    with pytest.raises(ConfigError, match=r"experiment\.lr=1\.0 there, 0\.001 now"):
+        find_unfinished_run(_uri_settings(tmp_path, cache, "r", steps=40, lr=1e-3))
 
 
 def test_a_run_started_eagerly_is_continued_under_compile_but_not_in_another_precision_or_corpus(tmp_path):
