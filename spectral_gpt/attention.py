@@ -306,7 +306,9 @@ class PureWaveAttention(nn.Module):
         self.k_phase = nn.Linear(d, h * W)
         self.v_proj = nn.Linear(d, d)
         self.o_proj = nn.Linear(d, d)
-        self.head_scale = nn.Parameter(torch.ones(h))
+        # g_h only scales quadratic mode's scores: in linear mode it would be a parameter with no
+        # gradient, which DDP refuses ("parameters that were not used in producing loss").
+        self.head_scale = nn.Parameter(torch.ones(h)) if self.mode == "quadratic" else None
 
     def extra_repr(self) -> str:
         """Shows kernel and mode when the model is printed, since they change the function computed."""
@@ -323,7 +325,15 @@ class PureWaveAttention(nn.Module):
         h = self.num_heads
         p = torch.arange(x.size(1), device=x.device, dtype=x.dtype)[:, None]   # (T,1)
         inverse_scale = self.num_waves ** -0.25
-        freqs, phases, v = _project(x, (self.q_freq, self.k_freq), (self.q_phase, self.k_phase), (self.v_proj,))
+        waves_of = ((self.q_freq, self.k_freq), (self.q_phase, self.k_phase))
+        if torch.is_autocast_enabled(x.device.type):
+            # The position multiplies the frequency: bf16's 8-bit mantissa would turn into a phase
+            # error of about p/256 rad (0.4 relative at p=240), so the waves are made in float32.
+            with torch.autocast(x.device.type, enabled=False):
+                freqs, phases = _project(x.float(), *waves_of)
+            (v,) = _project(x, (self.v_proj,))
+        else:
+            freqs, phases, v = _project(x, *waves_of, (self.v_proj,))
         waves = torch.sin(_head_pairs(freqs, h) * p + _head_pairs(phases, h))
         return _UnitRows.apply(waves, None, inverse_scale, 1e-12, None), _heads(v, h)
 
