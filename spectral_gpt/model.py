@@ -105,13 +105,17 @@ class _LanguageModel(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         # Spec 1.6: every Linear and Embedding N(0, 0.02²), biases 0. Wave parameters, LayerNorms,
-        # psi/tau/g are set by their own modules and are left alone here.
+        # psi/tau/g are set by their own modules and are left alone here. The packed q/k/v of softmax
+        # attention stands for the original's nn.MultiheadAttention, whose in-projection kept PyTorch's
+        # Xavier-uniform: ``apply`` reaches that module after its Linear, so its init is the last.
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, CausalSelfAttention):
+            nn.init.xavier_uniform_(module.qkv.weight)
 
     def _check_length(self, idx: torch.Tensor) -> None:
         if idx.size(1) > self.cfg.block_size:

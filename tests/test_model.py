@@ -169,6 +169,21 @@ def test_init_follows_spec() -> None:
     assert all(b.attn.head_scale.eq(1).all() for b in pure.blocks)
 
 
+@pytest.mark.parametrize("name", ["standard_transformer", "wave_standard_attention"])
+def test_packed_qkv_of_softmax_attention_keeps_xavier_uniform_as_in_multihead_attention(name: str) -> None:
+    """Spec 1.6: the original's nn.MultiheadAttention in-projection is not re-initialised, so the
+    control's q/k/v start at Xavier-uniform (std sqrt(1/(2d)), 0.036 at d=384), not N(0, 0.02²)."""
+    torch.manual_seed(0)
+    model = build_model_from_config(dataclasses.replace(VARIANTS[name], d_model=384, num_heads=6))
+    bound = math.sqrt(6 / (384 + 3 * 384))
+    for block in model.blocks:
+        weight = block.attn.qkv.weight
+        assert weight.abs().max().item() <= bound
+        assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+        assert torch.count_nonzero(block.attn.qkv.bias) == 0
+        assert block.attn.o_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
 def test_v1_embedding_matches_spec_formula_element_by_element() -> None:
     torch.manual_seed(0)
     V, W, K, d, T = 7, 3, 2, 8, 5
