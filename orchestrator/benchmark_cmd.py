@@ -7,9 +7,9 @@ two are the ablations ``standard_transformer`` and ``full_physics``, trained as 
 benchmark) for the same steps on the same batches, and validated on the fixed held-out windows of
 the validation split. Each model keeps its ablation's settings (spec 4.2: lr 6e-4 and 1e-3, warmup 500,
 QFE lambda 0.1), not the seed benchmark's own constants (3e-4 and 6e-4, warmup 300, lambda 0.05), so
-its figures compare with the ablation grid's. The benchmark folder ``{output}/{name}_{timestamp}_{git}`` holds the two run
-folders, the sweep summary, and the comparison: ``benchmark.md``, ``benchmark.json`` and
-``plots/learning_curves.png``.
+its figures compare with the ablation grid's. The benchmark folder ``{output}/{name}_{timestamp}_{git}``
+holds the two run folders, the sweep summary, and the comparison: ``benchmark.md``, ``benchmark.json``
+and ``plots/learning_curves.png``.
 """
 
 from __future__ import annotations
