@@ -198,7 +198,8 @@ class TrainConfig(_JsonConfig):
     seed: int = 1337
     """Fixes init, data order, dropout and the QFE projection."""
     batch_size: int = 16
-    """Sequences per optimiser step across all ranks (the global batch)."""
+    """Sequences per micro-batch across all ranks; an optimiser step sees ``grad_accum_steps`` of them
+    (spec 4.3: micro-batch 16, accumulation 2)."""
     grad_accum_steps: int = 1
     """Micro-batches per optimiser step on each rank (the results of spec 6.1 used 1)."""
     eval_interval: int = 250
