@@ -58,11 +58,13 @@ def test_the_resonance_gate_transforms_weights_and_updates_of_one_shape_together
     assert mode.by_name["_fft_r2c"] == 2 and mode.by_name["_fft_c2r"] == 2  # one of each per shape
 
 
-def test_rgd_is_counted_with_its_transforms_batched_as_on_a_gpu():
-    """A CPU caps RGD's FFT batches to its caches (the small model's MLP weights go one by one); the
-    count stacks them as a GPU does, then leaves the CPU's cap as it was."""
+def test_rgd_is_counted_with_its_transforms_batched_as_on_a_gpu(monkeypatch):
+    """A CPU caps RGD's FFT batches to its caches (the small model's MLP weights go one by one; here
+    a cap of 4096 elements splits the tiny model's the same way); the count stacks them as a GPU
+    does, then leaves the CPU's cap as it was."""
+    monkeypatch.setitem(physics._GATE_BATCH_ELEMENTS, "cpu", 1 << 12)
     cap = dict(physics._GATE_BATCH_ELEMENTS)
-    cfg, exp = _variant("small", ABLATIONS["standard_transformer"], optimizer="rgd")
+    cfg, exp = _variant("tiny", ABLATIONS["standard_transformer"], optimizer="rgd")
     counted = _kernel_ops_per_step({"rgd": (cfg, exp)})["rgd"].total()
     assert physics._GATE_BATCH_ELEMENTS == cap
     state = TrainState(RunSpec(cfg, exp, TrainConfig(steps=100, batch_size=1, precision="bf16")))
