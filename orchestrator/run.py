@@ -35,10 +35,11 @@ from orchestrator.settings import (
     MonitoringSettings,
     RunSettings,
     build_run_settings,
+    check_cluster_address,
     check_folders,
     default_cpus_per_worker,
 )
-from orchestrator.storage import is_uri, ray_train_storage
+from orchestrator.storage import first_line, is_uri, ray_train_storage
 from orchestrator.worker import train_loop_per_worker
 from spectral_gpt.config import ConfigError
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
@@ -132,6 +133,7 @@ def prepare_data(settings: RunSettings) -> TokenDataset:
     A corpus the run cannot use (too small for a batch of windows) is a user mistake, and its
     cache entry, if this call made it, is removed again: a rejected command leaves nothing behind.
     """
+    check_cluster_address()
     check_folders(settings)
     cache = Path(settings.data.cache_dir)
     cached_before = set(os.listdir(cache)) if cache.is_dir() else set()
@@ -169,7 +171,10 @@ def connect_ray(num_cpus: int | None = None, dashboard: bool = False) -> None:
             log.warning("Ray is already initialised in this process; the runtime env is not applied")
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False, runtime_env=runtime_env)
+        try:
+            ray.init(log_to_driver=False, runtime_env=runtime_env)
+        except ConnectionError as exc:  # 'auto' with no cluster on this node
+            raise ConfigError(f"RAY_ADDRESS={os.environ['RAY_ADDRESS']!r}: {first_line(exc)}") from None
         return
     for key, value in LOCAL_RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)

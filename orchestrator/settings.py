@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from orchestrator.storage import check_output, normalize_output
 from spectral_gpt.config import (
     BATCH_SIZES,
     GPT2_VOCAB,
+    MAX_VOCAB_SIZE,
     ConfigError,
     ExperimentConfig,
     TrainConfig,
@@ -29,6 +31,7 @@ from spectral_gpt.config import (
     model_config_for,
     require_int,
 )
+from spectral_gpt.tokenizer import MIN_VOCAB_SIZE
 from spectral_gpt.training import RunSpec
 
 RESUME_MODES = ("auto", "must", "never")
@@ -184,6 +187,7 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
         exp = _replace(exp, experiment_overrides)
     if vocab_size is None:
         vocab_size = GPT2_VOCAB if dataset == "fineweb-edu" else 1024
+    require_int("vocab_size", vocab_size, minimum=MIN_VOCAB_SIZE, maximum=MAX_VOCAB_SIZE)
     model = model_config_for(size, exp, vocab_size=vocab_size)
     monitoring = monitoring or MonitoringSettings()
     scaling = scaling or ScalingSettings()
@@ -204,8 +208,8 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
     return RunSettings(
         name=exp.name if name is None else name, size=size, ablation=exp.name, output=normalize_output(output),
         spec=RunSpec(model=model, experiment=exp, train=train),
-        data=DataSettings(dataset=dataset, vocab_size=vocab_size,
-                          cache_dir=os.path.abspath(cache_dir) if cache_dir else default_cache_dir()),
+        data=DataSettings(dataset=dataset, vocab_size=vocab_size, cache_dir=(
+            os.path.abspath(os.path.expanduser(cache_dir)) if cache_dir else default_cache_dir())),
         monitoring=monitoring, scaling=scaling, resume=resume)
 
 
@@ -220,6 +224,35 @@ def _require_local_cpus(scaling: ScalingSettings) -> None:
                  else f"--workers {scaling.workers}")
         raise ConfigError(f"{asked} needs {scaling.workers * per_worker} CPUs but this machine has {have}; "
                           "ask for fewer, or submit to a larger cluster (RAY_ADDRESS)")
+
+
+CLUSTER_PROBE_TIMEOUT_S = 5.0
+"""How long the check of RAY_ADDRESS waits for the cluster's GCS port to accept a connection (Ray
+itself retries a silent address for minutes, printing its C++ warnings)."""
+
+
+def check_cluster_address() -> None:
+    """Raise a one-line ConfigError unless RAY_ADDRESS, when set, names a cluster this command can join.
+
+    The dashboard's ``http://...:8265`` is the address ``ray job submit`` takes, and is easily set here
+    instead; Ray would answer it, or a typo, or a cluster that is down, with a traceback or minutes of
+    retries, after the corpus was tokenised and the run folder made.
+    """
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"RAY_ADDRESS={address!r} is a dashboard address, the one `ray job submit --address` "
+                          "takes; a command joins a cluster at its GCS address (head:6379, or 'auto' on one of its "
+                          "nodes), or is submitted as a job: ray job submit --address URL -- spectral-gpt train ...")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"RAY_ADDRESS={address!r} is not host:port, ray://host:port, 'auto' or 'local'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CLUSTER_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"RAY_ADDRESS={address!r}: no Ray cluster answers there ({exc.strerror or exc}); start "
+                          "one (ray start --head), or unset RAY_ADDRESS to run on a private local Ray") from None
 
 
 def check_folders(settings: RunSettings) -> None:

@@ -36,9 +36,12 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
 
 
 def normalize_output(output: str | os.PathLike[str]) -> str:
-    """``output`` as settings store it: a local path made absolute, or a checked URI (ConfigError)."""
+    """``output`` as settings store it: a local path made absolute (``~`` expanded, as a shell would
+    have done for a flag but cannot for a config file's value), or a checked URI (ConfigError)."""
     text = os.fspath(output)
-    return check_output(text if is_uri(text) else os.path.abspath(text))
+    if not text.strip():
+        raise ConfigError(f"output={text!r} is empty; give a folder (the default is 'experiments') or a storage URI")
+    return check_output(text if is_uri(text) else os.path.abspath(os.path.expanduser(text)))
 
 
 def check_output(output: str) -> str:

@@ -35,7 +35,7 @@ from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_i
 from orchestrator.run import connect_ray, essential_line, prepare_data, run_training
 from orchestrator.run_folder import data_identity, run_has_ended
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings, usable_cpus
-from orchestrator.storage import is_uri
+from orchestrator.storage import is_uri, normalize_output
 from orchestrator.summary import (
     SWEEP_FILE,
     RunRecord,
@@ -154,6 +154,11 @@ def _one_cpu_unless_told(run: RunSettings) -> RunSettings:
     return dataclasses.replace(run, scaling=dataclasses.replace(run.scaling, cpus_per_worker=1))
 
 
+MAX_TRIALS = 10_000
+"""The most trials one sweep holds: each is a run folder and a row of Tune's state, which Tune rewrites
+as trials end; a mistyped ``--seeds 100000000`` would otherwise build 900 million settings first."""
+
+
 def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, int, str], RunSettings], *,
                          seed: int, seeds: int = 1, name: str = "ablations", output: str | os.PathLike = "experiments",
                          max_concurrent: int | None = None, scheduler: str = "none", trial_retries: int = 2,
@@ -169,6 +174,9 @@ def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, in
     ablations = resolve_ablations(experiments)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ConfigError(f"seeds={seeds!r} must be an integer >= 1")
+    if len(ablations) * seeds > MAX_TRIALS:
+        raise ConfigError(f"seeds={seeds} gives {len(ablations) * seeds} trials ({len(ablations)} ablations x "
+                          f"{seeds} seeds); a sweep holds at most {MAX_TRIALS}")
     seed_values = [seed + i for i in range(seeds)]
     runs = tuple(_one_cpu_unless_told(make_run(a, s, trial_name(a, s, seeds > 1)))
                  for a in ablations for s in seed_values)
@@ -183,7 +191,7 @@ def build_sweep_settings(experiments: Sequence[str], make_run: Callable[[str, in
                               "or less")
     if max_concurrent is None:
         max_concurrent = len(runs) if fits is None else min(len(runs), fits)
-    return SweepSettings(name=name, output=os.path.abspath(os.fspath(output)), runs=runs,
+    return SweepSettings(name=name, output=normalize_output(output), runs=runs,
                          max_concurrent=max_concurrent, scheduler=scheduler, trial_retries=trial_retries,
                          resume=resume)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,14 +124,23 @@ def print_errored(console: Console, errored: dict[str, str]) -> None:
         console.print(f"[red]trial {run} kept failing: {escape(why)}", soft_wrap=True)
 
 
+def folder_argument(what: str, value: str) -> Path:
+    """A folder named on the command line, ``~`` expanded; an empty one is a mistake (ConfigError),
+    not the working folder that ``Path("")`` would silently be."""
+    if not value.strip():
+        raise ConfigError(f"{what} {value!r} is empty; name a folder")
+    return Path(os.path.expanduser(value))
+
+
 def run_compare(args: argparse.Namespace, console: Console) -> int:
     """``spectral-gpt compare DIR...``: the sweep summary's table and plots for any runs."""
-    missing = [d for d in args.dirs if not Path(d).is_dir()]
+    dirs = [folder_argument("DIR", d) for d in args.dirs]
+    missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise ConfigError(f"no such folder: {', '.join(missing)}")
-    out_dir = Path(args.output).absolute()
+    out_dir = folder_argument("--output", args.output).absolute()
     require_folder("--output", str(out_dir))
-    records = discover_runs(Path(d) for d in args.dirs)
+    records = discover_runs(dirs)
     if not records:
         raise ConfigError(f"no runs (folders with config.json) in {', '.join(args.dirs)}")
     summary = write_summary(records, out_dir, title=f"Comparison of {len(records)} runs")
@@ -141,7 +151,7 @@ def run_compare(args: argparse.Namespace, console: Console) -> int:
 
 def run_ls(args: argparse.Namespace, console: Console) -> int:
     """``spectral-gpt ls [DIR]``: one line per run and per sweep (its runs indented below it)."""
-    root = Path(args.dir)
+    root = folder_argument("DIR", args.dir)
     if not root.is_dir():
         raise ConfigError(f"no such folder: {args.dir}")
     entries = list_entries(root)

@@ -41,10 +41,20 @@ def _positive(field: str, value: Any, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{field}={value!r} must be a finite number {bound}")
 
 
-def require_int(field: str, value: Any, *, minimum: int = 1) -> None:
-    """Raise a one-line ConfigError unless ``value`` is an integer >= ``minimum`` (bools are not integers)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigError(f"{field}={value!r} must be an integer >= {minimum}")
+def require_int(field: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> None:
+    """Raise a one-line ConfigError unless ``value`` is an integer >= ``minimum`` (and <= ``maximum``
+    when given); bools are not integers."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (
+            maximum is not None and value > maximum):
+        allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{field}={value!r} must be an integer {allowed}")
+
+
+MAX_SEED = (1 << 63) - 1
+"""The largest seed: PyTorch's generators take a signed 64-bit one (a larger seed failed in the workers)."""
+MAX_VOCAB_SIZE = 1 << 18
+"""The largest vocabulary a model is built for (262,144, Gemma's size; GPT-2 has 50,257): the tables
+grow with it, and a typo such as 100000000 would size a 17-billion-parameter model."""
 
 
 def _fraction(field: str, value: Any, *, closed_top: bool = False) -> None:
@@ -105,9 +115,9 @@ class ModelConfig(_JsonConfig):
     """``quadratic`` (T x T, spec 1.4b) or ``linear`` (normalised causal linear attention, O(T))."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_waves",
-                     "num_harmonics", "block_size"):
+        for name in ("d_model", "num_layers", "num_heads", "num_waves", "num_harmonics", "block_size"):
             require_int(name, getattr(self, name))
+        require_int("vocab_size", self.vocab_size, maximum=MAX_VOCAB_SIZE)
         if self.d_model % self.num_heads:
             raise ConfigError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
@@ -223,7 +233,7 @@ class TrainConfig(_JsonConfig):
         if self.compile is not None:
             _choice("compile", self.compile, COMPILE_MODES)
         require_int("steps", self.steps)
-        require_int("seed", self.seed, minimum=0)
+        require_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         require_int("batch_size", self.batch_size)
         require_int("grad_accum_steps", self.grad_accum_steps)
         require_int("eval_interval", self.eval_interval)

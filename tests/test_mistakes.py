@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from test_cli import CLI, ERROR_PREFIX, _env
 
 import orchestrator.run
 import orchestrator.sweep
-from orchestrator.cli import build_parser, main
+from orchestrator.cli import build_parser, main, settings_from_args
 from orchestrator.config_file import parse_args
 from orchestrator.monitoring import ConfigTracker
 from orchestrator.run import train_experiment
@@ -119,8 +120,12 @@ CLI_MISTAKES = [
                  "machine has", id="workers-more-than-the-machine"),
     pytest.param(["--resume", "maybe"], "argument --resume: invalid choice: 'maybe'", id="resume-maybe"),
     pytest.param(["--compile", "fast"], "argument --compile: invalid choice: 'fast'", id="compile-fast"),
-    pytest.param(["--seed", "-1"], "seed=-1 must be an integer >= 0", id="seed-negative"),
-    pytest.param(["--vocab-size", "10"], "vocab_size=10 must be an integer >= 257", id="vocab-too-small"),
+    pytest.param(["--seed", "-1"], "seed=-1 must be an integer in [0, 9223372036854775807]", id="seed-negative"),
+    pytest.param(["--seed", str(2**64)], f"seed={2**64} must be an integer in [0, 9223372036854775807]",
+                 id="seed-beyond-64-bits"),
+    pytest.param(["--vocab-size", "10"], "vocab_size=10 must be an integer in [257, 262144]", id="vocab-too-small"),
+    pytest.param(["--vocab-size", "100000000"], "vocab_size=100000000 must be an integer in [257, 262144]",
+                 id="vocab-too-large"),
     pytest.param(["--lr", "-1"], "lr=-1.0 must be a finite number > 0", id="lr-negative"),
     pytest.param(["--lr", "nan"], "lr=nan must be a finite number > 0", id="lr-nan"),
     pytest.param(["--max-failures", "-5"], "max_failures=-5 must be an integer", id="max-failures-neg"),
@@ -191,12 +196,16 @@ CLI_MISTAKES = [
     pytest.param(["ablate", "--experiment", "rgd_only", "nope"], "unknown ablation 'nope'; allowed: all,",
                  id="ablate-unknown-ablation"),
     pytest.param(["ablate", "--seeds", "0"], "seeds=0 must be an integer >= 1", id="ablate-seeds-0"),
+    pytest.param(["ablate", "--seeds", "100000000"], "seeds=100000000 gives 900000000 trials (9 ablations x "
+                 "100000000 seeds); a sweep holds at most 10000", id="ablate-seeds-huge"),
     pytest.param(["ablate", "--max-concurrent", "4096"], "max_concurrent=4096 needs 4096 CPUs",
                  id="ablate-too-concurrent"),
     pytest.param(["ablate", "--no-monitoring"], "a sweep needs monitoring", id="ablate-no-monitoring"),
     pytest.param(["ablate", "--config", "{tmp}/huge.yaml"], "model='huge' is not one of", id="ablate-config"),
     pytest.param(["ablate", "--experiment", "rgd_only", "--output", "{tmp}/a_file"],
                  "output='{tmp}/a_file' cannot be a folder", id="ablate-output-is-a-file"),
+    pytest.param(["--output", ""], "output='' is empty; give a folder", id="output-empty"),
+    pytest.param(["ablate", "--output", " "], "output=' ' is empty; give a folder", id="ablate-output-empty"),
 ]
 
 
@@ -214,6 +223,42 @@ def test_a_cli_mistake_is_one_line_exit_2_no_files_no_ray(argv, expected, workdi
     assert captured.out == "", "a progress bar, a blank line or other output for a run that never started"
     assert _tree(workdir, token_cache) == before, "the mistake left files behind"
     assert no_ray == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens once the probe is closed
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("http://127.0.0.1:8265", "RAY_ADDRESS='http://127.0.0.1:8265' is a dashboard address, the one `ray job "
+                              "submit --address` takes"),
+    ("not a host", "RAY_ADDRESS='not a host' is not host:port, ray://host:port, 'auto' or 'local'"),
+    ("127.0.0.1:{port}", "RAY_ADDRESS='127.0.0.1:{port}': no Ray cluster answers there (Connection refused)"),
+], ids=["dashboard-url", "not-an-address", "nobody-listens"])
+@pytest.mark.parametrize("command", ["train", "ablate"])
+def test_a_ray_address_that_is_no_cluster_is_one_line_before_any_file(address, expected, command, workdir,
+                                                                      token_cache, no_ray, capsys, monkeypatch):
+    """The dashboard URL (what ``ray job submit --address`` takes) set as RAY_ADDRESS, a typo, a cluster
+    that is down: Ray answered with a traceback, or with minutes of retries, after tokenising."""
+    port = _closed_port()
+    monkeypatch.setenv("RAY_ADDRESS", address.format(port=port))
+    before = _tree(workdir, token_cache)
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--dataset", str(workdir / "short.txt"), "--output", str(workdir / "out")])
+    assert exc.value.code == 2
+    _assert_one_error_line(capsys.readouterr().err, expected.format(port=port))
+    assert _tree(workdir, token_cache) == before and no_ray == []
+
+
+def test_a_home_relative_output_in_a_config_file_is_expanded_as_the_shell_expands_a_flag(workdir, monkeypatch):
+    """``output: ~/runs`` in a config file reaches us unexpanded (no shell between): it made ``./~/runs``."""
+    monkeypatch.setenv("HOME", str(workdir / "home"))
+    (workdir / "home.yaml").write_text("output: ~/runs\n")
+    for argv in (["train", "--config", "home.yaml"], ["train", "--output", "~/runs"]):
+        args = parse_args(build_parser(), argv)
+        assert settings_from_args(args, args.experiment, None).output == str(workdir / "home" / "runs")
 
 
 def test_a_runtime_env_mistake_never_echoes_an_env_value(workdir, no_ray, capsys):

@@ -352,6 +352,9 @@ def test_resume_must_without_an_unfinished_sweep_is_refused_before_ray_starts(tm
     (["compare", "{tmp}", "--output", "/dev/null/cmp"],
      "--output='/dev/null/cmp' cannot be a folder: '/dev/null' is a file"),
     (["ls", "{tmp}/missing"], "no such folder: {tmp}/missing"),
+    (["compare", ""], "DIR '' is empty; name a folder"),
+    (["compare", "{tmp}", "--output", ""], "--output '' is empty; name a folder"),
+    (["ls", " "], "DIR ' ' is empty; name a folder"),
 ])
 def test_compare_and_ls_refuse_folders_without_runs(argv, message, tmp_path):
     with pytest.raises(ConfigError) as error:
