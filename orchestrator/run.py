@@ -30,7 +30,7 @@ from ray.train.v2._internal.execution.callback import ControllerCallback
 from orchestrator.config_file import current_runtime_env
 from orchestrator.monitor import start_monitor
 from orchestrator.monitoring import create_experiment_directory
-from orchestrator.run_folder import remove_if_never_started, resolve_run_dir, sole_driver
+from orchestrator.run_folder import new_run_dir, remove_if_never_started, run_to_continue, sole_driver
 from orchestrator.settings import (
     MonitoringSettings,
     RunSettings,
@@ -224,9 +224,10 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
     every validation a ``ray.train.report`` (a barrier across workers, throttled to the controller's
     poll), which only a Tune trial needs, together with its ``callbacks``.
     """
+    continued = run_to_continue(settings) if run_dir is None else None
     dataset = prepare_data(settings)
     if run_dir is None:
-        run_dir = resolve_run_dir(settings)
+        run_dir = continued if continued is not None else new_run_dir(settings)
     else:
         run_dir = Path(create_experiment_directory(run_dir.parent, run_dir.name)["root"])
     with sole_driver(run_dir):

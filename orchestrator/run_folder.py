@@ -77,17 +77,23 @@ def first_difference(saved: Any, wanted: Any, where: str = "", ignore: frozenset
     return None if saved == wanted else f"{where or 'spec'}={saved!r} there, {wanted!r} now"
 
 
-def resolve_run_dir(settings: RunSettings) -> Path | str | None:
-    """The run folder (None when monitoring is off), found or created per ``settings.resume``."""
+def run_to_continue(settings: RunSettings) -> Path | str | None:
+    """The unfinished run this command continues per ``settings.resume``, None for a new run (and
+    without monitoring). It only reads, so a ``--resume`` mistake is refused before anything is made."""
     if not settings.monitoring.enabled:
         if settings.resume == "must":
             raise ConfigError("--resume must needs monitoring (checkpoints on disk); drop --no-monitoring")
         return None
     existing = None if settings.resume == "never" else find_unfinished_run(settings)
-    if existing is not None:
-        return existing
-    if settings.resume == "must":
+    if existing is None and settings.resume == "must":
         raise ConfigError(f"--resume must: no unfinished run named {settings.name!r} in {settings.output}")
+    return existing
+
+
+def new_run_dir(settings: RunSettings) -> Path | str | None:
+    """A new run folder under a fresh id (a URI at a storage output), None without monitoring."""
+    if not settings.monitoring.enabled:
+        return None
     if is_uri(settings.output):
         return claim_run_location(settings.output, settings.name)
     exp_id = generate_experiment_id(settings.name, settings.output)

@@ -289,9 +289,9 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     Raises KeyboardInterrupt when Ctrl-C stopped the grid (Tune saves its state and returns instead
     of raising); running the same sweep again continues it.
     """
+    sweep_dir = resolve_sweep_dir(settings)  # reads only: a --resume mistake is refused before tokenising
     for data_owner in {r.data: r for r in settings.runs}.values():
         prepare_data(data_owner)  # tokenise once here, not racing in concurrent trials; data mistakes surface now
-    sweep_dir = resolve_sweep_dir(settings)
     runs = [dataclasses.replace(r, output=str(sweep_dir)) for r in settings.runs]
     if tune.Tuner.can_restore(str(sweep_dir / TUNE_FOLDER)):
         settings = _as_first_started(settings, load_sweep_record(sweep_dir))

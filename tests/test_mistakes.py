@@ -156,6 +156,13 @@ CLI_MISTAKES = [
     pytest.param(["--resume", "must", "--name", "nothing"], "--resume must: no unfinished run named 'nothing'",
                  id="resume-must-no-run"),
     pytest.param(["--resume", "must", "--no-monitoring"], "--resume must needs monitoring", id="resume-must-no-files"),
+    # ... found before a corpus not yet in the cache is tokenised into it
+    *(pytest.param([*head, "--resume", "must", "--dataset", "{tmp}/short.txt", "--vocab-size", "257",
+                    "--batch-size", "2", *tail], expected, id=f"resume-must-before-tokenising-{i}")
+      for i, (head, tail, expected) in enumerate([
+          ([], [], "--resume must: no unfinished run named"),
+          ([], ["--no-monitoring"], "--resume must needs monitoring"),
+          (["ablate", "--experiment", "rgd_only"], [], "--resume must: no unfinished sweep named")])),
     pytest.param(["--name", "clash"], "was started with other settings (model.d_model=384 there, 64 now)",
                  id="resume-other-model"),
     # config files (--config)

@@ -17,7 +17,7 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
 from orchestrator.run import _fit_with_progress, _outcome, fit_failure, run_training, train_experiment, with_worker_cpus
-from orchestrator.run_folder import remove_if_never_started, resolve_run_dir, sole_driver
+from orchestrator.run_folder import new_run_dir, remove_if_never_started, run_to_continue, sole_driver
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from orchestrator.snapshot import snapshot
 from orchestrator.wire import to_wire
@@ -197,7 +197,7 @@ def test_a_save_that_ray_retries_after_its_commit_leaves_the_committed_file_alon
     call again. Rewriting the file would leave it out of step with the manifest's sha256 until the new
     commit, so the retry keeps the sound file; a committed file that no longer verifies is written again."""
     settings = run_settings(tmp_path, token_cache, "retried")
-    run_dir = resolve_run_dir(settings)
+    run_dir = new_run_dir(settings)
     state = to_wire(snapshot({"step": 20, "weights": torch.arange(6.0)}))
     first = RunMonitor(str(run_dir), settings.to_dict(), {"train_tokens": 1})
     attempt = first.begin_attempt(0, {})
@@ -284,7 +284,7 @@ def test_a_start_interrupted_before_training_leaves_no_run_folder_but_a_started_
     """Ctrl-C while Ray starts: the new folder has Ray Train's storage marker and empty subfolders but
     no config.json, which rank 0 writes as training begins; a rerun could never find it."""
     settings = run_settings(tmp_path, token_cache, "early")
-    never, started, checkpointed = (resolve_run_dir(settings) for _ in range(3))
+    never, started, checkpointed = (new_run_dir(settings) for _ in range(3))
     for run_dir in (never, started, checkpointed):
         (run_dir / ".ray" / "invocation_1").mkdir(parents=True)
         (run_dir / ".ray" / "invocation_1" / ".validate_storage_marker").touch()
@@ -299,13 +299,13 @@ def test_the_same_command_run_while_its_run_still_trains_is_refused_before_ray(t
     """The second command would find the first one's unfinished run and train it a second time beside
     it; the first driver's lock (held here, as that process would) refuses it, and is gone with it."""
     settings = run_settings(tmp_path, token_cache, "twice")
-    run_dir = resolve_run_dir(settings)
+    run_dir = new_run_dir(settings)
     (run_dir / "config.json").write_text(json.dumps({"config": settings.to_dict()}))  # what training begins with
     with sole_driver(run_dir):
         with pytest.raises(ConfigError, match=rf"the run {run_dir} is being trained by another command "
                                               rf"\(pid {os.getpid()} on "):
             run_training(settings)
-    with sole_driver(resolve_run_dir(settings)):  # the first driver ended: the run is free again
+    with sole_driver(run_to_continue(settings)):  # the first driver ended: the run is free again
         assert (run_dir / "config.json").exists()
 
 
@@ -356,7 +356,7 @@ def test_a_restarted_monitor_keeps_the_warnings_of_its_run(tmp_path, token_cache
     """Ray restarts a dead actor by running its constructor again with the same arguments: the
     warnings since the driver started the run come back from training.log, older ones do not."""
     settings = run_settings(tmp_path, token_cache, "warned")
-    run_dir = resolve_run_dir(settings)
+    run_dir = new_run_dir(settings)
     earlier = RunMonitor(str(run_dir), settings.to_dict(), {"train_tokens": 1})
     earlier._warn("checkpoint at step 10 not saved (disk full) -- an earlier driver's")
     started_at = time.time() + 1.0  # the next whole second: warnings-since is to the second

@@ -27,7 +27,7 @@ from orchestrator.monitor import RunMonitor
 from orchestrator.monitoring import CheckpointManager, ConfigTracker, MetricsLogger
 from orchestrator.monitoring.checkpoints import MANIFEST_NAME
 from orchestrator.run import run_training
-from orchestrator.run_folder import find_unfinished_run, resolve_run_dir
+from orchestrator.run_folder import find_unfinished_run, new_run_dir
 from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
 from orchestrator.storage import check_output, normalize_output, ray_train_storage
 from spectral_gpt.config import ConfigError
@@ -236,7 +236,7 @@ def test_a_kept_staging_copy_that_is_ahead_goes_up_before_a_new_actor_replaces_i
 def test_an_upload_that_fails_is_a_warning_of_the_run_and_its_release_keeps_the_staging_copy(tmp_path,
                                                                                               staging_in_tmp):
     settings = _uri_settings(tmp_path, str(tmp_path / "cache"), "cut", steps=30, resume="never")
-    location = resolve_run_dir(settings)
+    location = new_run_dir(settings)
     monitor = RunMonitor(location, settings.to_dict(), {"train_tokens": 1})
     attempt = monitor.begin_attempt(0, {"gpu_count": 0})
     monitor.mirror.filesystem = PyFileSystem(FlakyBucket(refuse="results.json"))  # credentials expire at the end
@@ -260,7 +260,7 @@ def _uri_settings(tmp_path: Path, cache: str, name: str, steps: int, **kw) -> Ru
 
 def test_monitor_at_a_uri_survives_its_own_restart_and_ends_with_remote_results(tmp_path, staging_in_tmp):
     settings = _uri_settings(tmp_path, str(tmp_path / "cache"), "mon", steps=30, resume="never")
-    location = resolve_run_dir(settings)
+    location = new_run_dir(settings)
     assert isinstance(location, str) and location.startswith(_uri(tmp_path / "bucket") + "/mon_")
     remote = Path(location.removeprefix("file://"))
 
@@ -352,7 +352,7 @@ def test_a_run_interrupted_at_a_uri_is_resumed_on_ray_from_the_remote_folder(ray
 
     # What a driver killed right after the checkpoint of step 10 leaves behind: its monitor's
     # uploads (real training steps, a real checkpoint) and no results.json.
-    location = resolve_run_dir(settings)
+    location = new_run_dir(settings)
     dataset = TokenDataset.prepare(settings.data.dataset, token_cache, settings.data.vocab_size)
     spec = settings.spec
     sampler = BatchSampler(dataset.train, spec.model.block_size, spec.train.batch_size, spec.train.seed)
