@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import logging
 import math
 import statistics
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,8 @@ from typing import Any
 
 from orchestrator.monitoring import ConfigTracker, MetricsLogger, VisualizationManager, atomic
 from orchestrator.summary_plots import write_summary_plots
+
+log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 """Marks a sweep folder and records its grid and the settings of every trial."""
@@ -67,16 +70,25 @@ class RunRecord:
 
 
 def load_run(run_dir: Path) -> RunRecord | None:
-    """The record of ``run_dir``, or None when it holds no ``config.json`` (not a run, or not started)."""
+    """The record of ``run_dir``, or None when it holds no ``config.json`` (not a run, or not started),
+    or files that do not hold what a run writes (hand-edited, another program's): those are skipped
+    with a warning, so one such folder never stops ``ls`` or ``compare`` halfway through."""
     if not (run_dir / "config.json").is_file():
         return None
     tracker = ConfigTracker(run_dir)
     saved = tracker.load_config()
     if not saved:
         return None
-    rows = MetricsLogger(run_dir / "logs").load_metrics() if (run_dir / "logs").is_dir() else []
-    return RunRecord(run_dir=run_dir, config=saved.get("config") or {}, results=tracker.load_results(),
-                     rows=rows, params=(saved.get("model") or {}).get("num_parameters"))
+    try:
+        rows = MetricsLogger(run_dir / "logs").load_metrics() if (run_dir / "logs").is_dir() else []
+        record = RunRecord(run_dir=run_dir, config=saved.get("config") or {}, results=tracker.load_results(),
+                           rows=rows, params=(saved.get("model") or {}).get("num_parameters"))
+        run_row(record)  # reads every value a summary shows: a malformed one fails here, not mid-write
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError, OSError) as exc:
+        log.warning("skipped %s: its files do not hold what a run writes (%s: %s)", run_dir,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    return record
 
 
 def load_sweep_record(sweep_dir: Path) -> dict[str, Any]:
@@ -90,7 +102,9 @@ def load_sweep_record(sweep_dir: Path) -> dict[str, Any]:
 
 def sweep_run_dirs(sweep_dir: Path, record: dict[str, Any]) -> list[Path]:
     """The run folders of a sweep, in grid order (whether or not each has started yet)."""
-    return [sweep_dir / trial["name"] for trial in record.get("trials", [])]
+    trials = record.get("trials")
+    return [sweep_dir / trial["name"] for trial in (trials if isinstance(trials, list) else [])
+            if isinstance(trial, dict) and isinstance(trial.get("name"), str) and trial["name"]]
 
 
 def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
@@ -130,7 +144,7 @@ def run_row(record: RunRecord) -> dict[str, Any]:
     tokens_per_sec = final.get("tokens_per_second")
     if tokens_per_sec is None and rows:
         tokens_per_sec = rows[-1].get("tokens_per_sec")
-    return {
+    row = {
         "run": record.run_dir.name, "ablation": record.ablation, "seed": record.seed, "status": record.status,
         "params": record.params, "steps": final.get("total_steps") or (rows[-1]["step"] + 1 if rows else 0),
         "best_val_loss": best[1] if best else math.nan, "best_step": best[0] if best else None,
@@ -138,6 +152,23 @@ def run_row(record: RunRecord) -> dict[str, Any]:
         "tokens_per_sec": _float(tokens_per_sec), "wall_time_s": _wall_time(rows),
         "peak_memory_mb": peak_memory if _finite(peak_memory) else None, "path": str(record.run_dir),
     }
+    _check_column_types(row)
+    return row
+
+
+INT64_RANGE = range(-(1 << 63), 1 << 63)
+
+
+def _check_column_types(row: dict[str, Any]) -> None:
+    """TypeError unless each value fits its :data:`RUN_COLUMNS` type (None for missing), which the
+    Parquet file will demand after the plots are already written."""
+    for column, kind in RUN_COLUMNS.items():
+        value = row[column]
+        fits = (value is None or (kind == "string" and isinstance(value, str))
+                or (kind == "int64" and isinstance(value, int) and not isinstance(value, bool) and value in INT64_RANGE)
+                or (kind == "float64" and isinstance(value, (int, float)) and not isinstance(value, bool)))
+        if not fits:
+            raise TypeError(f"{column}={value!r} is not {kind}")
 
 
 def _wall_time(rows: Sequence[dict[str, Any]]) -> float:

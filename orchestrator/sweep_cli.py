@@ -179,11 +179,12 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
         sweep = load_sweep_record(path)
         if not sweep:
             continue
-        rows = [run_row(r) for r in (load_run(d) for d in sweep_run_dirs(path, sweep)) if r is not None]
+        run_dirs = sweep_run_dirs(path, sweep)
+        rows = [run_row(r) for r in (load_run(d) for d in run_dirs) if r is not None]
         done = sum(r["status"] in ("completed", "stopped", "failed") for r in rows)
         losses = [r["best_val_loss"] for r in rows if math.isfinite(r["best_val_loss"])]
-        entries.append({"name": path.name, "kind": "sweep", "status": sweep.get("status", "unfinished"),
-                        "step": f"{done}/{len(sweep.get('trials', []))} runs",
+        entries.append({"name": path.name, "kind": "sweep", "status": str(sweep.get("status", "unfinished")),
+                        "step": f"{done}/{len(run_dirs)} runs",
                         "best_val_loss": min(losses) if losses else None, "depth": 0})
         entries.extend(_run_entry(r, depth=1) for r in rows)
     return entries

@@ -153,3 +153,43 @@ def test_an_empty_selection_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no runs"):
         write_summary([], tmp_path / "out", title="empty")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: _edit_json(d / "config.json", lambda c: {**c, "config": ["not", "settings"]}),
+    lambda d: _edit_json(d / "config.json", lambda c: {**c, "model": "a string"}),
+    lambda d: _edit_json(d / "config.json", lambda c: {**c, "model": {"num_parameters": "many"}}),
+    lambda d: _edit_json(d / "results.json", lambda r: {**r, "final_metrics": [1, 2]}),
+    lambda d: _edit_json(d / "results.json", lambda r: {**r, "final_metrics": {"total_steps": 10**30}}),
+    lambda d: (d / "logs" / "metrics.jsonl").write_text('{"step": 1e999, "attempt": 1}\n'),
+    lambda d: (d / "logs" / "metrics.jsonl").write_text('{"step": 3, "attempt": "x"}\n'),
+], ids=["config-a-list", "model-a-string", "params-text", "final-metrics-a-list", "steps-past-int64",
+        "step-infinite", "attempt-text"])
+def test_a_run_folder_with_malformed_files_is_skipped_with_a_warning_and_the_others_compared(damage, tmp_path,
+                                                                                             caplog):
+    """Hand-edited or foreign files: ``ls`` and ``compare`` crashed with a traceback (``compare`` after
+    writing its plots); the folder is now skipped, said once, and the summary of the rest is whole."""
+    good = _make_run(tmp_path / "runs", "good", vals={20: 4.0, 39: 3.9})
+    bad = _make_run(tmp_path / "runs", "bad", vals={20: 4.1, 39: 4.0})
+    damage(bad)
+    records = discover_runs([tmp_path / "runs"])
+    assert [r.run_dir for r in records] == [good]
+    assert f"skipped {bad}: its files do not hold what a run writes" in caplog.text
+    summary = write_summary(records, tmp_path / "cmp", title="t")
+    assert [row["run"] for row in pq.read_table(summary.files["parquet"]).to_pylist()] == ["good"]
+
+
+def test_a_sweep_record_with_malformed_trials_lists_only_the_trials_it_names(tmp_path):
+    from orchestrator.sweep_cli import list_entries
+
+    sweep = tmp_path / "sweep_1"
+    good = _make_run(sweep, "good", vals={20: 4.0, 39: 3.9})
+    (sweep / SWEEP_FILE).write_text(json.dumps({"status": 5, "trials": ["x", {}, {"name": 3}, {"name": "good"}]}))
+    entries = list_entries(tmp_path)
+    assert [(e["name"], e["kind"], e["status"], e["step"]) for e in entries] == [
+        ("sweep_1", "sweep", "5", "1/1 runs"), ("good", "run", "completed", 40)]
+    assert [r.run_dir for r in discover_runs([sweep])] == [good]
+
+
+def _edit_json(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
