@@ -117,6 +117,21 @@ def open_filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
+LOOKUP_RETRY_LIMIT_S = 15
+"""How long the driver's own look at a ``gs://`` output before Ray starts retries: with no network or
+no credentials the GCS client otherwise retries silently for minutes (an upload during a run keeps
+the client's default patience)."""
+
+
+def _for_lookup(location: str) -> str:
+    """``location`` with a short retry limit where its client would retry for minutes (``gs://``)."""
+    parts = urlsplit(location)
+    if parts.scheme.lower() != "gs" or any(k == "retry_limit_seconds" for k, _ in parse_qsl(parts.query)):
+        return location
+    query = "&".join(filter(None, [parts.query, f"retry_limit_seconds={LOOKUP_RETRY_LIMIT_S}"]))
+    return urlunsplit(parts._replace(query=query))
+
+
 def ray_train_storage(run_location: str) -> tuple[str, pafs.FileSystem | None]:
     """Ray Train's ``storage_path`` and ``storage_filesystem`` for a run: its ``.ray`` folder.
 
@@ -150,7 +165,7 @@ def list_run_folders(output: str, prefix: str) -> list[RunFolderInfo]:
     Ray starts; a missing output folder simply holds no runs.
     """
     try:
-        fs, base = open_filesystem(output)
+        fs, base = open_filesystem(_for_lookup(output))
         if fs.get_file_info(base).type != pafs.FileType.Directory:
             return []
         entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
@@ -178,7 +193,7 @@ def claim_run_location(output: str, name: str) -> str:
     starting a run of one name in the same second could still meet; a local output cannot).
     """
     try:
-        fs, base = open_filesystem(output)
+        fs, base = open_filesystem(_for_lookup(output))
         while True:
             run_id = generate_experiment_id(name)
             if fs.get_file_info(f"{base}/{run_id}").type == pafs.FileType.NotFound:

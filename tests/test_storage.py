@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import fsspec
@@ -21,6 +22,7 @@ import pytest
 import torch
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
+import orchestrator.storage
 from orchestrator.cli import main
 from orchestrator.mirror import RunMirror, default_staging_root
 from orchestrator.monitor import RunMonitor
@@ -29,7 +31,15 @@ from orchestrator.monitoring.checkpoints import MANIFEST_NAME
 from orchestrator.run import run_training
 from orchestrator.run_folder import find_unfinished_run, new_run_dir
 from orchestrator.settings import MonitoringSettings, RunSettings, ScalingSettings, build_run_settings
-from orchestrator.storage import check_output, normalize_output, ray_train_storage
+from orchestrator.storage import (
+    LOOKUP_RETRY_LIMIT_S,
+    check_output,
+    claim_run_location,
+    list_run_folders,
+    normalize_output,
+    open_filesystem,
+    ray_train_storage,
+)
 from spectral_gpt.config import ConfigError
 from spectral_gpt.data import BatchSampler, TokenDataset
 from spectral_gpt.training import TrainState, train_step
@@ -306,6 +316,29 @@ def test_resume_lookup_on_a_uri_picks_the_newest_unfinished_run_of_the_name(tmp_
                 None, age=5)
     with pytest.raises(ConfigError, match="was started with other settings"):
         find_unfinished_run(settings)
+
+
+def test_the_drivers_lookup_of_a_gs_output_retries_for_seconds_not_minutes(monkeypatch):
+    """With no network or no credentials the GCS client retried silently for minutes before Ray started.
+    No bucket can be reached here: the lookups run against a stand-in that records what they open, and
+    the real pyarrow file system of that URI is built (no request is made) to read its retry limit."""
+    fs, path = open_filesystem(orchestrator.storage._for_lookup("gs://bucket/runs?project_id=p"))
+    options = fs.__reduce__()[1][0]
+    assert (path, options["project_id"]) == ("bucket/runs", "p")
+    assert options["retry_time_limit"] == timedelta(seconds=LOOKUP_RETRY_LIMIT_S)
+
+    opened = []
+
+    def unreachable(location: str):
+        opened.append(location)
+        raise OSError("google::cloud::Status(UNAVAILABLE: Retry policy exhausted)")
+
+    monkeypatch.setattr(orchestrator.storage, "open_filesystem", unreachable)
+    with pytest.raises(ConfigError, match=r"output='gs://bucket/runs' cannot be read \(google::cloud::Status"):
+        list_run_folders("gs://bucket/runs", "r_")
+    with pytest.raises(ConfigError, match=r"output='gs://b/r\?retry_limit_seconds=60' cannot be written"):
+        claim_run_location("gs://b/r?retry_limit_seconds=60", "r")  # the user's own limit is kept
+    assert opened == [f"gs://bucket/runs?retry_limit_seconds={LOOKUP_RETRY_LIMIT_S}", "gs://b/r?retry_limit_seconds=60"]
 
 
 def test_a_diverged_run_has_ended_so_a_rerun_with_a_lower_lr_starts_a_new_run(tmp_path):
