@@ -130,6 +130,7 @@ def config_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any
     data = read_mapping(path, "config file")
     keys = _config_keys(parser)
     defaults: dict[str, Any] = {}
+    set_by: dict[str, str] = {}
     for raw_key, value in data.items():
         key = raw_key.replace("_", "-")
         action = keys.get(key)
@@ -137,6 +138,10 @@ def config_defaults(path: str, parser: argparse.ArgumentParser) -> dict[str, Any
             raise ConfigError(f"config file {path!r}: unknown key {raw_key!r}; allowed: {', '.join(sorted(keys))}")
         if value is None:
             continue
+        if action.dest in set_by:  # max-failures and max_failures, or gpu and cpu (one flag's two names)
+            raise ConfigError(f"config file {path!r}: {set_by[action.dest]!r} and {raw_key!r} both set "
+                              f"{action.dest}; keep one")
+        set_by[action.dest] = raw_key
         try:
             defaults[action.dest] = _flag_value(action, key, value)
         except ConfigError as exc:

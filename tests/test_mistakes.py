@@ -47,6 +47,7 @@ def _write_files(root: Path, cache: str) -> None:
         "typo.yaml": "stepz: 500\n", "list.yaml": "- steps\n- 500\n", "empty.yaml": "",
         "bad.yaml": "steps: 500\ncheckpoint_interval: [10\n", "bad.json": '{"steps": 500,\n "model": }\n',
         "flag.yaml": "no_monitoring: sometimes\n", "lr.json": '{"lr": -1}', "nested.yaml": "seed: {a: 1}\n",
+        "gpu_cpu.yaml": "gpu: true\ncpu: true\n", "twice.yaml": "max-failures: 1\nmax_failures: 2\n",
         "env_list.yaml": "- env_vars\n", "env_field.yaml": "env_vars: {}\nbogus_field: 1\n",
         "env_vars_list.yaml": "env_vars: [HF_TOKEN]\n", "env_vars_int.yaml": "env_vars:\n  RETRIES: 3\n",
         "env_pip.json": '{"pip": 5}', "env_secret.yaml": f"env_vars:\n  HF_TOKEN: {SECRET_LIKE}\nbogus: 1\n",
@@ -186,6 +187,9 @@ CLI_MISTAKES = [
                  id="config-flag-not-bool"),
     pytest.param(["--config", "{tmp}/nested.yaml"], "seed={{'a': 1}} must be a single value, not a dict",
                  id="config-nested-value"),
+    pytest.param(["--config", "{tmp}/gpu_cpu.yaml"], "'gpu' and 'cpu' both set gpu; keep one", id="config-gpu-and-cpu"),
+    pytest.param(["--config", "{tmp}/twice.yaml"], "'max-failures' and 'max_failures' both set max_failures; keep one",
+                 id="config-one-flag-twice"),
     pytest.param(["--config", "{tmp}/lr.json"], "lr=-1.0 must be a finite number > 0", id="config-lr-negative"),
     # runtime envs (--runtime-env)
     pytest.param(["--runtime-env", "{tmp}/nope.yaml"], "runtime env '{tmp}/nope.yaml' does not exist",
