@@ -32,7 +32,6 @@ from orchestrator.monitor import start_monitor
 from orchestrator.monitoring import create_experiment_directory
 from orchestrator.run_folder import new_run_dir, remove_if_never_started, run_to_continue, sole_driver
 from orchestrator.settings import (
-    MonitoringSettings,
     RunSettings,
     build_run_settings,
     check_cluster_address,
@@ -405,8 +404,7 @@ def train_experiment(experiment: str = "wave_baseline", model: str = "tiny", ste
     ``enable_monitoring=False`` runs without writing any file. Other keyword arguments are those of
     :func:`orchestrator.settings.build_run_settings` (``seed``, ``dataset``, ``scaling``, ``lr`` ...).
     """
-    monitoring = settings.pop("monitoring", None) or MonitoringSettings()
-    monitoring = dataclasses.replace(monitoring, enabled=enable_monitoring)
-    run = build_run_settings(ablation=experiment, size=model, steps=steps, monitoring=monitoring,
+    run = build_run_settings(ablation=experiment, size=model, steps=steps,
                              output=experiment_dir if experiment_dir is not None else "experiments", **settings)
+    run = dataclasses.replace(run, monitoring=dataclasses.replace(run.monitoring, enabled=enable_monitoring))
     return run_training(run)

@@ -29,6 +29,7 @@ from spectral_gpt.config import (
     TrainConfig,
     get_ablation,
     model_config_for,
+    require_bool,
     require_int,
 )
 from spectral_gpt.tokenizer import MIN_VOCAB_SIZE
@@ -55,6 +56,10 @@ class DataSettings:
     """Byte-level BPE vocabulary trained on the corpus (D9); GPT-2's 50257 for ``fineweb-edu``."""
     cache_dir: str = field(default_factory=default_cache_dir)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ConfigError(f"dataset={self.dataset!r} must be a corpus name or the path of a text file")
+
 
 @dataclass(frozen=True)
 class MonitoringSettings:
@@ -68,6 +73,7 @@ class MonitoringSettings:
     viz_interval: int = 1000
 
     def __post_init__(self) -> None:
+        require_bool("enabled", self.enabled)
         for name in ("checkpoint_interval", "keep_last", "log_interval", "viz_interval"):
             require_int(name, getattr(self, name))
 
@@ -121,6 +127,7 @@ class ScalingSettings:
 
     def __post_init__(self) -> None:
         require_int("workers", self.workers)
+        require_bool("use_gpu", self.use_gpu)
         require_int("max_failures", self.max_failures, minimum=-1)
         if self.cpus_per_worker is not None:
             require_int("cpus_per_worker", self.cpus_per_worker)
@@ -144,7 +151,7 @@ class RunSettings:
     resume: str = "auto"
 
     def __post_init__(self) -> None:
-        if not NAME_PATTERN.match(self.name):
+        if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
             raise ConfigError(f"name={self.name!r} must be 1-100 letters, digits, '.', '_' or '-', "
                               "starting with a letter or digit (no path separators)")
         if self.resume not in RESUME_MODES:
@@ -182,6 +189,10 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
     ``None`` means "the default" for the optional numbers; an explicit 0 is a mistake, not a default.
     """
     require_int("steps", steps)
+    for field_name, value, kind in (("monitoring", monitoring, MonitoringSettings),
+                                    ("scaling", scaling, ScalingSettings)):
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{field_name}={value!r} must be a {kind.__name__} (or None for the defaults)")
     exp: ExperimentConfig = get_ablation(ablation)
     if experiment_overrides:
         exp = _replace(exp, experiment_overrides)
@@ -208,7 +219,8 @@ def build_run_settings(*, ablation: str = "wave_baseline", size: str = "tiny", s
     return RunSettings(
         name=exp.name if name is None else name, size=size, ablation=exp.name, output=normalize_output(output),
         spec=RunSpec(model=model, experiment=exp, train=train),
-        data=DataSettings(dataset=dataset, vocab_size=vocab_size, cache_dir=(
+        data=DataSettings(dataset=os.fspath(dataset) if isinstance(dataset, os.PathLike) else dataset,
+                          vocab_size=vocab_size, cache_dir=(
             os.path.abspath(os.path.expanduser(cache_dir)) if cache_dir else default_cache_dir())),
         monitoring=monitoring, scaling=scaling, resume=resume)
 

@@ -38,6 +38,8 @@ def is_uri(location: str | os.PathLike[str]) -> bool:
 def normalize_output(output: str | os.PathLike[str]) -> str:
     """``output`` as settings store it: a local path made absolute (``~`` expanded, as a shell would
     have done for a flag but cannot for a config file's value), or a checked URI (ConfigError)."""
+    if not isinstance(output, (str, os.PathLike)):
+        raise ConfigError(f"output={output!r} must be a folder or a storage URI")
     text = os.fspath(output)
     if not text.strip():
         raise ConfigError(f"output={text!r} is empty; give a folder (the default is 'experiments') or a storage URI")

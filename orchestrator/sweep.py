@@ -217,14 +217,13 @@ def find_unfinished_sweep(settings: SweepSettings) -> Path | None:
     return folder
 
 
-def resolve_sweep_dir(settings: SweepSettings) -> Path:
-    """The sweep folder: the unfinished one of this name (``resume`` auto/must) or a new one."""
+def sweep_to_continue(settings: SweepSettings) -> Path | None:
+    """The unfinished sweep of this name that ``resume`` auto/must continues, None for a new one. It
+    only reads, so a ``--resume`` mistake is refused before the corpus is tokenised."""
     existing = None if settings.resume == "never" else find_unfinished_sweep(settings)
-    if existing is not None:
-        return existing
-    if settings.resume == "must":
+    if existing is None and settings.resume == "must":
         raise ConfigError(f"--resume must: no unfinished sweep named {settings.name!r} in {settings.output}")
-    return Path(settings.output) / generate_experiment_id(settings.name, settings.output)
+    return existing
 
 
 def write_sweep_record(sweep_dir: Path, settings: SweepSettings, runs: Sequence[RunSettings], status: str) -> None:
@@ -289,9 +288,11 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     Raises KeyboardInterrupt when Ctrl-C stopped the grid (Tune saves its state and returns instead
     of raising); running the same sweep again continues it.
     """
-    sweep_dir = resolve_sweep_dir(settings)  # reads only: a --resume mistake is refused before tokenising
+    sweep_dir = sweep_to_continue(settings)
     for data_owner in {r.data: r for r in settings.runs}.values():
         prepare_data(data_owner)  # tokenise once here, not racing in concurrent trials; data mistakes surface now
+    if sweep_dir is None:
+        sweep_dir = Path(settings.output) / generate_experiment_id(settings.name, settings.output)
     runs = [dataclasses.replace(r, output=str(sweep_dir)) for r in settings.runs]
     if tune.Tuner.can_restore(str(sweep_dir / TUNE_FOLDER)):
         settings = _as_first_started(settings, load_sweep_record(sweep_dir))

@@ -29,8 +29,15 @@ class ConfigError(ValueError):
 
 def _choice(field: str, value: Any, allowed: Iterable[str]) -> None:
     allowed = tuple(allowed)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ConfigError(f"{field}={value!r} is not one of: {', '.join(allowed)}")
+
+
+def require_bool(field: str, value: Any) -> None:
+    """Raise a one-line ConfigError unless ``value`` is True or False: a string such as ``"no"`` is
+    truthy, so it would switch on what it meant to switch off."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field}={value!r} must be True or False")
 
 
 def _positive(field: str, value: Any, *, allow_zero: bool = False) -> None:
@@ -190,6 +197,7 @@ class ExperimentConfig(_JsonConfig):
         require_int("qfe_projection_dim", self.qfe_projection_dim)
         require_int("patience", self.patience)
         _positive("min_delta", self.min_delta, allow_zero=True)
+        require_bool("wave_ratio_schedule", self.wave_ratio_schedule)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -288,7 +296,7 @@ ABLATION_ALIASES = {"baseline": "wave_baseline"}
 
 def get_ablation(name: str) -> ExperimentConfig:
     """The ablation called ``name`` (aliases allowed), or one clear error listing the valid names."""
-    key = ABLATION_ALIASES.get(name, name)
+    key = ABLATION_ALIASES.get(name, name) if isinstance(name, str) else None
     if key not in ABLATIONS:
         allowed = ", ".join([*ABLATIONS, *ABLATION_ALIASES])
         raise ConfigError(f"unknown ablation {name!r}; allowed: {allowed}")
@@ -297,7 +305,7 @@ def get_ablation(name: str) -> ExperimentConfig:
 
 def get_model_size(size: str) -> ModelConfig:
     """The model size called ``size``, or one clear error listing the valid sizes."""
-    if size not in MODEL_SIZES:
+    if not isinstance(size, str) or size not in MODEL_SIZES:
         raise ConfigError(f"unknown model size {size!r}; allowed: {', '.join(MODEL_SIZES)}")
     return MODEL_SIZES[size]
 

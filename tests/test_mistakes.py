@@ -317,6 +317,19 @@ API_MISTAKES = [
     pytest.param({"dataset": "{tmp}/latin1.txt"}, "is not UTF-8 text", id="api-dataset-not-utf8"),
     pytest.param({"enable_monitoring": False, "resume": "must"}, "--resume must needs monitoring",
                  id="api-resume-must-no-monitoring"),
+    # wrong types: each was a raw TypeError or AttributeError, or silently meant something else
+    pytest.param({"experiment": []}, "unknown ablation []; allowed:", id="api-ablation-a-list"),
+    pytest.param({"model": ["tiny"]}, "unknown model size ['tiny']; allowed:", id="api-size-a-list"),
+    pytest.param({"name": 5}, "name=5 must be", id="api-name-a-number"),
+    pytest.param({"dataset": 5}, "dataset=5 must be a corpus name or the path of a text file", id="api-dataset-int"),
+    pytest.param({"experiment_dir": 5}, "output=5 must be a folder or a storage URI", id="api-output-int"),
+    pytest.param({"monitoring": {"keep_last": 1}}, "monitoring={{'keep_last': 1}} must be a MonitoringSettings",
+                 id="api-monitoring-a-dict"),
+    pytest.param({"scaling": {"workers": 2}}, "scaling={{'workers': 2}} must be a ScalingSettings",
+                 id="api-scaling-a-dict"),
+    pytest.param({"enable_monitoring": "no"}, "enabled='no' must be True or False", id="api-monitoring-text"),
+    pytest.param({"wave_ratio_schedule": "no"}, "wave_ratio_schedule='no' must be True or False",
+                 id="api-bool-setting-text"),
 ]
 
 
@@ -349,7 +362,10 @@ def test_the_tripwire_stops_a_valid_run_at_ray(workdir, token_cache, no_ray):
     (lambda: ScalingSettings(workers=0), "workers=0 must be an integer >= 1"),
     (lambda: ScalingSettings(max_failures=-2), "max_failures=-2 must be an integer >= -1"),
     (lambda: ScalingSettings(cpus_per_worker=0), "cpus_per_worker=0 must be an integer >= 1"),
-], ids=["keep-last-0", "viz-interval-float", "workers-0", "max-failures-neg", "cpus-per-worker-0"])
+    (lambda: ScalingSettings(use_gpu="yes"), "use_gpu='yes' must be True or False"),
+    (lambda: MonitoringSettings(enabled="no"), "enabled='no' must be True or False"),
+], ids=["keep-last-0", "viz-interval-float", "workers-0", "max-failures-neg", "cpus-per-worker-0", "use-gpu-text",
+        "enabled-text"])
 def test_settings_objects_refuse_bad_values_naming_them(make, expected):
     with pytest.raises(ConfigError, match=re.escape(expected)):
         make()
