@@ -125,15 +125,19 @@ class RunOutcome:
     """What training went on through: a checkpoint the disk refused, a corrupt one skipped at resume."""
 
 
+def check_before_start(settings: RunSettings) -> None:
+    """The checks that need neither the data nor Ray: the cluster in RAY_ADDRESS answers, and the
+    output and cache folders can be written. The first step of every run and sweep."""
+    check_cluster_address()
+    check_folders(settings)
+
+
 def prepare_data(settings: RunSettings) -> TokenDataset:
-    """Check the output and cache folders, tokenise (or reuse the cache) and check the model fits the
-    data: the first step of every run and sweep, before Ray starts.
+    """Tokenise (or reuse the cache) and check the model fits the data, before Ray starts.
 
     A corpus the run cannot use (too small for a batch of windows) is a user mistake, and its
     cache entry, if this call made it, is removed again: a rejected command leaves nothing behind.
     """
-    check_cluster_address()
-    check_folders(settings)
     cache = Path(settings.data.cache_dir)
     cached_before = set(os.listdir(cache)) if cache.is_dir() else set()
     dataset = TokenDataset.prepare(settings.data.dataset, settings.data.cache_dir, settings.data.vocab_size)
@@ -223,6 +227,7 @@ def run_training(settings: RunSettings, on_progress: Callable[[dict[str, Any]], 
     every validation a ``ray.train.report`` (a barrier across workers, throttled to the controller's
     poll), which only a Tune trial needs, together with its ``callbacks``.
     """
+    check_before_start(settings)
     continued = run_to_continue(settings) if run_dir is None else None
     dataset = prepare_data(settings)
     if run_dir is None:

@@ -8,6 +8,7 @@ file is written, and reported as one line per problem.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
 import socket
@@ -286,6 +287,11 @@ def require_folder(field: str, path: str, *, write: bool = True) -> None:
     before Ray starts and leaves nothing behind. ``write=False`` accepts an existing folder as it is
     (a shared, read-only token cache that already holds the corpus works).
     """
+    try:
+        os.lstat(path)
+    except OSError as exc:  # a name longer than the file system allows: lexists below would say "absent"
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ConfigError(f"{field}={path!r} cannot be a folder ({exc.strerror})") from None
     base = Path(path)
     while not os.path.lexists(base) and base != base.parent:
         base = base.parent

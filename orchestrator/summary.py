@@ -109,10 +109,11 @@ def sweep_run_dirs(sweep_dir: Path, record: dict[str, Any]) -> list[Path]:
 
 def discover_runs(paths: Iterable[Path]) -> list[RunRecord]:
     """Every run in ``paths``: each is a run folder, a sweep folder, or a folder of runs and sweeps."""
-    found: list[RunRecord] = []
+    found: dict[Path, RunRecord] = {}
     for path in paths:
-        found.extend(_runs_under(Path(path), depth=2))
-    return found
+        for record in _runs_under(Path(path), depth=2):
+            found.setdefault(record.run_dir.resolve(), record)  # a run named twice counts once
+    return list(found.values())
 
 
 def _runs_under(path: Path, depth: int) -> list[RunRecord]:

@@ -32,7 +32,7 @@ from ray.tune.result_grid import ResultGrid
 from ray.tune.schedulers import ASHAScheduler
 
 from orchestrator.monitoring import ConfigTracker, atomic, generate_experiment_id
-from orchestrator.run import connect_ray, essential_line, prepare_data, run_training
+from orchestrator.run import check_before_start, connect_ray, essential_line, prepare_data, run_training
 from orchestrator.run_folder import data_identity, run_has_ended
 from orchestrator.settings import NAME_PATTERN, RESUME_MODES, RunSettings, usable_cpus
 from orchestrator.storage import is_uri, normalize_output
@@ -288,8 +288,11 @@ def run_sweep(settings: SweepSettings) -> SweepOutcome:
     Raises KeyboardInterrupt when Ctrl-C stopped the grid (Tune saves its state and returns instead
     of raising); running the same sweep again continues it.
     """
+    data_owners = {r.data: r for r in settings.runs}.values()
+    for data_owner in data_owners:
+        check_before_start(data_owner)
     sweep_dir = sweep_to_continue(settings)
-    for data_owner in {r.data: r for r in settings.runs}.values():
+    for data_owner in data_owners:
         prepare_data(data_owner)  # tokenise once here, not racing in concurrent trials; data mistakes surface now
     if sweep_dir is None:
         sweep_dir = Path(settings.output) / generate_experiment_id(settings.name, settings.output)

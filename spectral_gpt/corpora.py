@@ -91,7 +91,11 @@ def _python_docs() -> Corpus:
 
 def _local_file(name: str) -> Corpus:
     path = Path(name).expanduser()
-    if not path.exists():
+    try:
+        found = path.exists()
+    except OSError as exc:  # a name longer than the file system allows, say
+        raise ConfigError(f"dataset file {name!r} cannot be opened ({exc.strerror or exc})") from None
+    if not found:
         if os.sep not in name and "." not in name:
             raise ConfigError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}, "
                               "or a path to a UTF-8 text file")

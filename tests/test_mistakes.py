@@ -216,6 +216,9 @@ CLI_MISTAKES = [
     pytest.param(["ablate", "--experiment", "rgd_only", "--output", "{tmp}/a_file"],
                  "output='{tmp}/a_file' cannot be a folder", id="ablate-output-is-a-file"),
     pytest.param(["--output", ""], "output='' is empty; give a folder", id="output-empty"),
+    pytest.param(["ablate", "--output", "{tmp}/" + "x" * 300], "(File name too long)", id="ablate-output-too-long"),
+    pytest.param(["--dataset", "{tmp}/" + "x" * 300 + ".txt"], "cannot be opened (File name too long)",
+                 id="dataset-name-too-long"),
     pytest.param(["ablate", "--output", " "], "output=' ' is empty; give a folder", id="ablate-output-empty"),
 ]
 

@@ -193,3 +193,10 @@ def test_a_sweep_record_with_malformed_trials_lists_only_the_trials_it_names(tmp
 
 def _edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def test_a_run_named_twice_is_compared_once(tmp_path):
+    """``compare runs runs/good`` would count the run twice in its ablation's mean and spread."""
+    good = _make_run(tmp_path / "runs", "good", vals={20: 4.0, 39: 3.9})
+    assert [r.run_dir for r in discover_runs([tmp_path / "runs", good, tmp_path / "runs" / ".." / "runs"])] == [good]
+
