@@ -193,6 +193,20 @@ def test_folder_without_manifest_is_adopted(tmp_path):
     assert _saved_steps(legacy) == [5, 6] and legacy.load_latest_checkpoint()["step"] == 6
 
 
+@pytest.mark.parametrize("manifest", ["[]", '{"checkpoints": 5}', '"text"'])
+def test_a_manifest_of_the_wrong_shape_is_read_as_unreadable_and_the_files_adopted(manifest, tmp_path, caplog):
+    """Valid JSON that is no manifest (hand-edited, another program's) made the monitoring actor die
+    with an AttributeError at resume; it is a warning, like a manifest that does not parse."""
+    manager = CheckpointManager(tmp_path, keep_last_n=3)
+    for step in (5, 6):
+        manager.save_checkpoint(step, state=_state(step))
+    manager.manifest_path.write_text(manifest)
+    with caplog.at_level(logging.WARNING):
+        reopened = CheckpointManager(tmp_path, keep_last_n=3)
+    assert "holds no list of checkpoints; using the files on disk" in caplog.text
+    assert _saved_steps(reopened) == [5, 6] and reopened.load_latest_checkpoint()["step"] == 6
+
+
 def test_stale_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
     ckpt_dir = tmp_path / "checkpoints"
     ckpt_dir.mkdir()

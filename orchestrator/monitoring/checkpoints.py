@@ -319,8 +319,13 @@ class CheckpointManager:
             log.warning("checkpoint manifest %s unreadable (%s); using the files on disk",
                         self.manifest_path, exc)
             return None
+        listed = data.get("checkpoints") if isinstance(data, dict) else None
+        if not isinstance(listed, list):
+            log.warning("checkpoint manifest %s holds no list of checkpoints; using the files on disk",
+                        self.manifest_path)
+            return None
         entries = []
-        for e in data.get("checkpoints", []):
+        for e in listed:
             try:
                 step = int(e["step"])
                 val = e.get("val_loss")
