@@ -23,7 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from orchestrator.monitoring import ConfigTracker, MetricsLogger, VisualizationManager, atomic
+from orchestrator.monitoring import ConfigTracker, VisualizationManager, atomic
+from orchestrator.monitoring.metrics import read_run_metrics
 from orchestrator.summary_plots import write_summary_plots
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def load_run(run_dir: Path) -> RunRecord | None:
     if not saved:
         return None
     try:
-        rows = MetricsLogger(run_dir / "logs").load_metrics() if (run_dir / "logs").is_dir() else []
+        rows = read_run_metrics(run_dir / "logs")
         record = RunRecord(run_dir=run_dir, config=saved.get("config") or {}, results=tracker.load_results(),
                            rows=rows, params=(saved.get("model") or {}).get("num_parameters"))
         run_row(record)  # reads every value a summary shows: a malformed one fails here, not mid-write

@@ -200,3 +200,16 @@ def test_a_run_named_twice_is_compared_once(tmp_path):
     good = _make_run(tmp_path / "runs", "good", vals={20: 4.0, 39: 3.9})
     assert [r.run_dir for r in discover_runs([tmp_path / "runs", good, tmp_path / "runs" / ".." / "runs"])] == [good]
 
+
+
+def test_reading_runs_for_ls_and_compare_creates_no_file_in_them(tmp_path):
+    """A run killed before its first row has an empty ``logs/``: opening a MetricsLogger there made
+    ``metrics.jsonl`` and ``training.log`` appear in the run a user only listed."""
+    from orchestrator.sweep_cli import list_entries
+
+    run = _make_run(tmp_path / "runs", "early", vals={20: 4.0}, status=None)
+    (run / "logs" / "metrics.jsonl").unlink()
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert [r.run_dir for r in discover_runs([tmp_path / "runs"])] == [run]
+    assert [e["name"] for e in list_entries(tmp_path / "runs")] == ["early"]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before

@@ -73,7 +73,7 @@ class MetricsLogger:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._touch()
         atomic.remove_stale_temps(self.log_dir)
-        self._attempts = self._read_attempts()
+        self._attempts = read_attempts(self.attempts_file)
         self.attempt = max((a["attempt"] for a in self._attempts), default=1)
 
     def should_log(self, step: int) -> bool:
@@ -149,7 +149,7 @@ class MetricsLogger:
         nothing_logged = not self.metrics_file.exists() or self.metrics_file.stat().st_size == 0
         if nothing_logged and not self._pending and not self._attempts:
             return self.attempt
-        self.attempt = max([self.attempt, *(a["attempt"] for a in self._read_attempts())]) + 1
+        self.attempt = max([self.attempt, *(a["attempt"] for a in read_attempts(self.attempts_file))]) + 1
         self._attempts.append({"attempt": self.attempt, "start_step": int(start_step),
                                "timestamp": datetime.now().isoformat()})
         self._attempts_dirty = True
@@ -159,7 +159,7 @@ class MetricsLogger:
     def load_metrics(self, resolved: bool = True) -> list[dict[str, Any]]:
         """The rows of this run: one per step from the latest attempt (default), or every raw row."""
         self._flush_handles()
-        rows = self._read_rows()
+        rows = read_rows(self.metrics_file)
         return resolve_rows(rows, self._all_attempts()) if resolved else rows
 
     def get_latest_step(self) -> int:
@@ -295,43 +295,8 @@ class MetricsLogger:
                 except OSError as exc:
                     log.warning("could not create %s (%s)", path, exc)
 
-    def _read_rows(self) -> list[dict[str, Any]]:
-        try:
-            text = self.metrics_file.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return []
-        rows, bad = [], 0
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                row["step"] = int(row["step"])
-            except (ValueError, TypeError, KeyError):
-                bad += 1
-                continue
-            marks = row.pop("nonfinite", None)
-            for key, text_value in (marks.items() if isinstance(marks, dict) else ()):
-                row[key] = _NONFINITE_TEXT.get(text_value, math.nan)
-            rows.append(row)
-        if bad:
-            log.warning("skipped %d unparsable line(s) in %s", bad, self.metrics_file)
-        return rows
-
-    def _read_attempts(self) -> list[dict[str, Any]]:
-        try:
-            data = json.loads(self.attempts_file.read_text())
-            return [{"attempt": int(a["attempt"]), "start_step": int(a["start_step"]),
-                     "timestamp": a.get("timestamp")} for a in data["attempts"]]
-        except FileNotFoundError:
-            return []
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("attempts file %s unreadable (%s); treating the run as one attempt",
-                        self.attempts_file, exc)
-            return []
-
     def _all_attempts(self) -> list[dict[str, Any]]:
-        merged = {a["attempt"]: a for a in self._read_attempts()}
+        merged = {a["attempt"]: a for a in read_attempts(self.attempts_file)}
         merged.update({a["attempt"]: a for a in self._attempts})
         return sorted(merged.values(), key=lambda a: a["attempt"])
 
@@ -344,6 +309,52 @@ class MetricsLogger:
             log.warning("attempts.json not written (%s); will retry with the next row", exc)
             return
         self._attempts_dirty = False
+
+
+def read_run_metrics(log_dir: Path | str) -> list[dict[str, Any]]:
+    """The resolved rows of the run logging into ``log_dir``, as :meth:`MetricsLogger.load_metrics`
+    gives them, read without a logger: nothing is created, so ``ls`` and ``compare`` leave a run's
+    folder as they found it."""
+    log_dir = Path(log_dir)
+    return resolve_rows(read_rows(log_dir / "metrics.jsonl"), read_attempts(log_dir / "attempts.json"))
+
+
+def read_rows(metrics_file: Path) -> list[dict[str, Any]]:
+    """Every row of a ``metrics.jsonl`` (all attempts), unparsable lines skipped with a warning."""
+    try:
+        text = metrics_file.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    rows, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            row["step"] = int(row["step"])
+        except (ValueError, TypeError, KeyError):
+            bad += 1
+            continue
+        marks = row.pop("nonfinite", None)
+        for key, text_value in (marks.items() if isinstance(marks, dict) else ()):
+            row[key] = _NONFINITE_TEXT.get(text_value, math.nan)
+        rows.append(row)
+    if bad:
+        log.warning("skipped %d unparsable line(s) in %s", bad, metrics_file)
+    return rows
+
+
+def read_attempts(attempts_file: Path) -> list[dict[str, Any]]:
+    """The attempts recorded in ``attempts.json``; [] (one attempt) when it is missing or unreadable."""
+    try:
+        data = json.loads(attempts_file.read_text())
+        return [{"attempt": int(a["attempt"]), "start_step": int(a["start_step"]),
+                 "timestamp": a.get("timestamp")} for a in data["attempts"]]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("attempts file %s unreadable (%s); treating the run as one attempt", attempts_file, exc)
+        return []
 
 
 def _plain(value: Any) -> Any:
