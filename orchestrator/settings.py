@@ -12,6 +12,7 @@ import errno
 import os
 import re
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,21 +252,34 @@ def check_cluster_address() -> None:
     instead; Ray would answer it, or a typo, or a cluster that is down, with a traceback or minutes of
     retries, after the corpus was tokenised and the run folder made.
     """
-    address = os.environ.get("RAY_ADDRESS", "").strip()
-    if not address or address in ("auto", "local"):
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():  # this process joined Ray itself: RAY_ADDRESS is not used
         return
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if not address or address == "local":
+        return
+    target = address
+    if address == "auto":  # the cluster `ray start` recorded on this node
+        from ray._private.services import canonicalize_bootstrap_address
+
+        try:
+            target = canonicalize_bootstrap_address("auto")
+        except ConnectionError as exc:
+            raise ConfigError(f"RAY_ADDRESS='auto': {str(exc).splitlines()[0]}") from None
     if address.startswith(("http://", "https://")):
         raise ConfigError(f"RAY_ADDRESS={address!r} is a dashboard address, the one `ray job submit --address` "
                           "takes; a command joins a cluster at its GCS address (head:6379, or 'auto' on one of its "
                           "nodes), or is submitted as a job: ray job submit --address URL -- spectral-gpt train ...")
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if "://" in target and not target.startswith("ray://"):
+        return  # a Ray Client plugin's scheme (anyscale://...): Ray hands it to the plugin
+    host, _, port = target.removeprefix("ray://").rstrip("/").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"RAY_ADDRESS={address!r} is not host:port, ray://host:port, 'auto' or 'local'")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=CLUSTER_PROBE_TIMEOUT_S).close()
     except OSError as exc:
-        raise ConfigError(f"RAY_ADDRESS={address!r}: no Ray cluster answers there ({exc.strerror or exc}); start "
-                          "one (ray start --head), or unset RAY_ADDRESS to run on a private local Ray") from None
+        raise ConfigError(f"RAY_ADDRESS={address!r}: no Ray cluster answers at {host}:{port} ({exc.strerror or exc}); "
+                          "start one (ray start --head), or unset RAY_ADDRESS to run on a private local Ray") from None
 
 
 def check_folders(settings: RunSettings) -> None:

@@ -128,7 +128,7 @@ the client's default patience)."""
 def _for_lookup(location: str) -> str:
     """``location`` with a short retry limit where its client would retry for minutes (``gs://``)."""
     parts = urlsplit(location)
-    if parts.scheme.lower() != "gs" or any(k == "retry_limit_seconds" for k, _ in parse_qsl(parts.query)):
+    if parts.scheme.lower() not in ("gs", "gcs") or any(k == "retry_limit_seconds" for k, _ in parse_qsl(parts.query)):
         return location
     query = "&".join(filter(None, [parts.query, f"retry_limit_seconds={LOOKUP_RETRY_LIMIT_S}"]))
     return urlunsplit(parts._replace(query=query))

@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import ray._private.services as ray_services
 from test_cli import CLI, ERROR_PREFIX, _env
 
 import orchestrator.run
@@ -239,6 +240,11 @@ def test_a_cli_mistake_is_one_line_exit_2_no_files_no_ray(argv, expected, workdi
     assert no_ray == []
 
 
+def _no_ray_on_this_node(address: str, temp_dir: str | None = None) -> str:
+    raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                          "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -249,21 +255,42 @@ def _closed_port() -> int:
     ("http://127.0.0.1:8265", "RAY_ADDRESS='http://127.0.0.1:8265' is a dashboard address, the one `ray job "
                               "submit --address` takes"),
     ("not a host", "RAY_ADDRESS='not a host' is not host:port, ray://host:port, 'auto' or 'local'"),
-    ("127.0.0.1:{port}", "RAY_ADDRESS='127.0.0.1:{port}': no Ray cluster answers there (Connection refused)"),
-], ids=["dashboard-url", "not-an-address", "nobody-listens"])
+    ("127.0.0.1:{port}", "RAY_ADDRESS='127.0.0.1:{port}': no Ray cluster answers at 127.0.0.1:{port} "
+                         "(Connection refused)"),
+    ("auto", "RAY_ADDRESS='auto': Could not find any running Ray instance."),
+], ids=["dashboard-url", "not-an-address", "nobody-listens", "auto-without-a-cluster"])
 @pytest.mark.parametrize("command", ["train", "ablate"])
 def test_a_ray_address_that_is_no_cluster_is_one_line_before_any_file(address, expected, command, workdir,
                                                                       token_cache, no_ray, capsys, monkeypatch):
     """The dashboard URL (what ``ray job submit --address`` takes) set as RAY_ADDRESS, a typo, a cluster
-    that is down: Ray answered with a traceback, or with minutes of retries, after tokenising."""
+    that is down, ``auto`` on a node where ``ray start`` never ran: Ray answered with a traceback, or with
+    minutes of retries, after tokenising (and, for ``auto``, after making the sweep's folder). As in a
+    fresh command, this process has not joined Ray (the test session's own instance is hidden)."""
     port = _closed_port()
     monkeypatch.setenv("RAY_ADDRESS", address.format(port=port))
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+    # Ray's 'auto' lookup also finds any Ray running on the machine, as the test session's own: here it
+    # answers as Ray 2.60 does on a node where no Ray runs.
+    monkeypatch.setattr(ray_services, "canonicalize_bootstrap_address", _no_ray_on_this_node)
     before = _tree(workdir, token_cache)
     with pytest.raises(SystemExit) as exc:
         main([command, "--dataset", str(workdir / "short.txt"), "--output", str(workdir / "out")])
     assert exc.value.code == 2
     _assert_one_error_line(capsys.readouterr().err, expected.format(port=port))
     assert _tree(workdir, token_cache) == before and no_ray == []
+
+
+def test_a_process_that_joined_ray_itself_is_not_refused_for_its_ray_address(monkeypatch):
+    """A notebook with the dashboard URL exported for ``ray job submit`` that called ``ray.init`` itself:
+    the run uses that Ray (connect_ray does), so RAY_ADDRESS is not checked."""
+    from orchestrator.settings import check_cluster_address
+
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    monkeypatch.setattr("ray.is_initialized", lambda: True)
+    check_cluster_address()
+    monkeypatch.setattr("ray.is_initialized", lambda: False)
+    with pytest.raises(ConfigError, match="is a dashboard address"):
+        check_cluster_address()
 
 
 def test_a_home_relative_output_in_a_config_file_is_expanded_as_the_shell_expands_a_flag(workdir, monkeypatch):

@@ -339,6 +339,8 @@ def test_the_drivers_lookup_of_a_gs_output_retries_for_seconds_not_minutes(monke
     with pytest.raises(ConfigError, match=r"output='gs://b/r\?retry_limit_seconds=60' cannot be written"):
         claim_run_location("gs://b/r?retry_limit_seconds=60", "r")  # the user's own limit is kept
     assert opened == [f"gs://bucket/runs?retry_limit_seconds={LOOKUP_RETRY_LIMIT_S}", "gs://b/r?retry_limit_seconds=60"]
+    assert orchestrator.storage._for_lookup("gcs://b/r") == f"gcs://b/r?retry_limit_seconds={LOOKUP_RETRY_LIMIT_S}"
+    assert orchestrator.storage._for_lookup("s3://b/r") == "s3://b/r"
 
 
 def test_a_diverged_run_has_ended_so_a_rerun_with_a_lower_lr_starts_a_new_run(tmp_path):
