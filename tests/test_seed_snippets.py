@@ -239,6 +239,22 @@ def test_seed_snippets_run_as_written(seed_run, tmp_path):
     assert _tree_digest(run_root) == before, "reading a run must not change its files"
 
 
+def test_the_seed_import_name_is_the_library_itself_with_no_copy_of_its_modules():
+    """``monitoring`` hands out the library's own objects (isinstance and monkeypatching keep working)
+    and, like the seed's single module, has no submodules that Python could load a second time."""
+    import importlib
+
+    import monitoring
+    import orchestrator.monitoring as library
+
+    assert all(getattr(monitoring, name) is getattr(library, name) for name in library.__all__)
+    assert sorted(dir(monitoring)) == sorted(library.__all__)
+    with pytest.raises(ModuleNotFoundError, match="'monitoring' is not a package"):
+        importlib.import_module("monitoring.checkpoints")
+    with pytest.raises(AttributeError):
+        monitoring.no_such_name  # noqa: B018
+
+
 def test_embedded_snippets_match_the_seed_document():
     assert SEED_DOC.exists(), f"the seed document is expected beside the checkout at {SEED_DOC}"
     blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", SEED_DOC.read_text(), re.S)]
