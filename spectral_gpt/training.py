@@ -75,6 +75,32 @@ class StepResult:
     """Tokens consumed by this step across all ranks."""
 
 
+RETIRED_PARAMETER_SUFFIX = ".attn.head_scale"
+"""Parameters that checkpoints of linear pure-wave attention hold from before it dropped its unused
+``head_scale`` (it scales quadratic scores only, never had a gradient, and DDP refused it)."""
+
+
+def _without_retired_parameters(state: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """``state`` as the model of today holds it: retired parameters out of the model's weights, and
+    out of the optimiser's numbering (one group over ``model.parameters()``, in the order the saved
+    weights list them), so an interrupted run written before still continues exactly."""
+    current = dict(model.named_parameters())
+    retired = {k for k in state["model"] if k.endswith(RETIRED_PARAMETER_SUFFIX) and k not in current}
+    if not retired:
+        return state
+    optimizer = state["optimizer"]
+    (group,) = optimizer["param_groups"]
+    saved_order = [k for k in state["model"] if k in current or k in retired]
+    index = {name: i for i, name in enumerate(current)}
+    moved = {index[name]: optimizer["state"][i] for i, name in enumerate(saved_order)
+             if name in index and i in optimizer["state"]}
+    weights = type(state["model"])((k, v) for k, v in state["model"].items() if k not in retired)
+    if hasattr(state["model"], "_metadata"):
+        weights._metadata = state["model"]._metadata
+    return {**state, "model": weights,
+            "optimizer": {**optimizer, "state": moved, "param_groups": [{**group, "params": list(index.values())}]}}
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The RNG seed of one step on one rank (dropout), so no per-rank RNG state must be saved (D6)."""
     digest = hashlib.blake2b(f"{seed}:{step}:{rank}".encode(), digest_size=8).digest()
@@ -140,6 +166,7 @@ class TrainState:
                 diff = _diff(getattr(saved, part), getattr(self.spec, part))
                 raise ConfigError(f"the checkpoint was written with a different {part} config ({diff}); "
                                   "resume with the same settings or start a new run")
+        state = _without_retired_parameters(state, self.model)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.loss_fn is not None:

@@ -14,6 +14,7 @@ import torch
 
 from spectral_gpt.config import ConfigError, TrainConfig, get_ablation, model_config_for
 from spectral_gpt.data import BatchSampler, TokenDataset, validation_batches
+from spectral_gpt.physics import build_optimizer
 from spectral_gpt.training import (
     NonFiniteLossError,
     RunSpec,
@@ -78,6 +79,32 @@ def test_resume_in_a_fresh_process_is_exact(ablation, dataset, tmp_path):
     resumed = torch.load(out + ".pt", weights_only=True)
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(resumed[name], tensor), name
+
+
+def test_a_linear_pure_wave_run_saved_with_its_old_head_scale_resumes_exactly(dataset, tmp_path):
+    """Linear pure-wave attention once had a ``head_scale`` it never used (DDP refused it). A run
+    interrupted before it was dropped holds it in its weights and in the optimiser's numbering; the
+    checkpoint still loads, and the run goes on as if it had never had it."""
+    spec = _spec("pure_wave_linear")
+    whole = TrainState(spec)
+    whole_losses = [r.loss for r in train_steps(whole, _sampler(spec, dataset).batch, 2 * N)]
+
+    old = TrainState(spec)  # the model as it was: one head_scale per block, registered before its Linears
+    for block in old.model.blocks:
+        block.attn.head_scale = torch.nn.Parameter(torch.ones(block.attn.num_heads))
+    old.optimizer = build_optimizer(old.model, spec.experiment)
+    first = [r.loss for r in train_steps(old, _sampler(spec, dataset).batch, N)]
+    torch.save(old.state_dict(), tmp_path / "old.pt")
+    saved = torch.load(tmp_path / "old.pt", weights_only=True)
+    assert sum(k.endswith(".attn.head_scale") for k in saved["model"]) == spec.model.num_layers
+    assert len(saved["optimizer"]["param_groups"][0]["params"]) == len(list(whole.model.parameters())) + 2
+
+    resumed = TrainState(spec)
+    resumed.load_state_dict(saved)
+    second = [r.loss for r in train_steps(resumed, _sampler(spec, dataset).batch, N)]
+    assert first + second == whole_losses  # atol = 0: the optimiser's moments went to the right tensors
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
 
 
 def test_state_refuses_a_different_model(dataset):
