@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +50,23 @@ def two_worker_reference(ray_session, token_cache, tmp_path_factory):
                                         workers=2, steps=TWO_WORKER_STEPS))
     assert outcome.status == "completed", outcome.error
     return outcome
+
+
+@pytest.fixture
+def ray_tmp() -> Iterator[Path]:
+    """A private, short Ray temp dir for a driver process (Unix socket paths must stay < 107 bytes, so
+    not tmp_path). Ray creates ``<dir>/ray/session_*`` when it starts; an empty dir proves it never did."""
+    path = Path(tempfile.mkdtemp(prefix="sgpt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sessions() -> Iterator[list[int]]:
+    """Session ids of the drivers a test starts; anything still alive in them is killed at teardown."""
+    from runs import kill_until_gone, session_pids
+
+    started: list[int] = []
+    yield started
+    for sid in started:
+        kill_until_gone(lambda sid=sid: session_pids(sid))

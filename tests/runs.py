@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -45,16 +46,63 @@ def actors_started(ray_temp_dir: Path | str) -> Counter[str]:
     return started
 
 
-def session_pids(session: int) -> list[int]:
-    """Processes of a session (from /proc): Ray's daemons and workers keep the session of their starter."""
-    pids = []
-    for entry in Path("/proc").iterdir():
+class Process(NamedTuple):
+    """One process as /proc shows it: its state letter (Z: zombie) and the first word of its command line
+    (Ray names its workers there, ``ray::RayTrainWorker``), else the kernel's short name."""
+
+    pid: int
+    state: str
+    command: str
+
+
+def processes(*, sid: int | None = None, pgid: int | None = None) -> list[Process]:
+    """The processes of session ``sid`` or process group ``pgid``. A driver started in a session of its
+    own keeps its whole local Ray there: Ray's daemons and workers move to groups of their own but
+    stay in the session of their starter."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
         try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session:
-                pids.append(int(entry.name))
+            stat = Path("/proc", entry, "stat").read_text()
+            argv0 = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
         except OSError:
             continue
-    return pids
+        fields = stat[stat.rindex(")") + 2:].split()
+        state, group, session = fields[0], int(fields[2]), int(fields[3])
+        if (sid is not None and session == sid) or (pgid is not None and group == pgid):
+            found.append(Process(int(entry), state, argv0 or stat[stat.index("(") + 1:stat.rindex(")")]))
+    return found
+
+
+def session_pids(session: int) -> list[int]:
+    """Processes of a session, zombies included."""
+    return [p.pid for p in processes(sid=session)]
+
+
+def wait_until_gone(deadline_s: float, *, running_only: bool = False, **which: int) -> list[Process]:
+    """Poll until no process matches ``which`` (zombies count unless ``running_only``); return what
+    is left at the deadline. A deadline, not a timing assert: a loaded machine only makes it wait."""
+    def left() -> list[Process]:
+        return [p for p in processes(**which) if not running_only or p.state not in "ZX"]
+
+    end = time.monotonic() + deadline_s
+    found = left()
+    while found and time.monotonic() < end:
+        time.sleep(0.2)
+        found = left()
+    return found
+
+
+def driver_env(cache: str, ray_tmp: Path, **extra: str) -> dict[str, str]:
+    """The test's environment for a driver process: a private cache and Ray temp dir, never a cluster
+    from outside, and the CLI's own defaults rather than the test session's."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)
+    env.update(SPECTRAL_GPT_CACHE=cache, RAY_TMPDIR=str(ray_tmp), COLUMNS="200")
+    env.update(extra)
+    return env
 
 
 def kill_until_gone(find_pids: Callable[[], list[int]], seconds: float = 20.0) -> list[int]:

@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from runs import actors_started
+from runs import actors_started, driver_env, wait_until_gone
 from test_secrets import assert_no_secret, secret_environment, secret_runtime_env
 
 from orchestrator.cli import PIPED_WIDTH, build_parser, main, make_console, settings_from_args, shutting_down_own_ray
@@ -37,76 +35,6 @@ ERROR_PREFIX = "spectral-gpt: error:"
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-@pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """A private, short Ray temp dir (Unix socket paths must stay < 107 bytes, so not tmp_path).
-
-    Ray creates ``<dir>/ray/session_*`` when it starts; an empty dir afterwards proves it never did.
-    """
-    path = Path(tempfile.mkdtemp(prefix="sgpt-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def sessions() -> Iterator[list[int]]:
-    """Session ids of the drivers a test starts; anything still alive in them is killed at teardown.
-
-    A driver starts its Ray cluster in its own session; Ray workers move to their own process
-    groups but stay in the session, so the session is what must be empty when a test ends.
-    """
-    started: list[int] = []
-    yield started
-    for sid in started:
-        for pid, _, _ in _processes(sid=sid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def _env(cache: str, ray_tmp: Path, **extra: str) -> dict[str, str]:
-    """The test's environment plus a private cache and Ray dir; never join a cluster from outside."""
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)  # the CLI's own default, not the test session's
-    env.update(SPECTRAL_GPT_CACHE=cache, RAY_TMPDIR=str(ray_tmp), COLUMNS="200")
-    env.update(extra)
-    return env
-
-
-def _processes(*, sid: int | None = None, pgid: int | None = None) -> list[tuple[int, str, str]]:
-    """(pid, state, name) of each process in session ``sid`` or process group ``pgid`` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        state, group, session = fields[0], int(fields[2]), int(fields[3])
-        if (sid is not None and session == sid) or (pgid is not None and group == pgid):
-            found.append((int(entry), state, name))
-    return found
-
-
-def _wait_until_gone(deadline_s: float, *, running_only: bool = False, **which: int) -> list[tuple[int, str, str]]:
-    """Poll until no process matches ``which`` (zombies count unless ``running_only``); return what
-    is left at the deadline. A deadline, not a timing assert: a loaded machine only makes it wait."""
-    def left() -> list[tuple[int, str, str]]:
-        return [p for p in _processes(**which) if not running_only or p[1] not in "ZX"]
-
-    end = time.monotonic() + deadline_s
-    found = left()
-    while found and time.monotonic() < end:
-        time.sleep(0.2)
-        found = left()
-    return found
-
 
 def _tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
@@ -163,7 +91,7 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     secrets = secret_environment()
     cmd = [str(SCRIPT), "train", "--steps", str(steps), "--checkpoint-interval", "20", "--eval-interval", "20",
            "--log-interval", "10", "--output", str(out), "--name", name, "--runtime-env", str(runtime_env)]
-    env = _env(token_cache, ray_tmp, **secrets)
+    env = driver_env(token_cache, ray_tmp, **secrets)
     log1 = tmp_path / "first.log"
     with open(log1, "w") as log:
         first = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=log,
@@ -180,9 +108,9 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     assert first.wait(timeout=60) == -signal.SIGKILL, "the first run ended on its own before the kill"
     # The driver's group (gcs, raylet, agents) dies with it; SIGKILL is not instant on a busy machine,
     # and the dead stay zombies until reaped, so wait for "none running", then for "none at all".
-    assert _wait_until_gone(30, running_only=True, pgid=first.pid) == [], "the killed group kept running"
+    assert wait_until_gone(30, running_only=True, pgid=first.pid) == [], "the killed group kept running"
     # Ray workers sit in their own groups of the same session; they exit once their raylet is gone.
-    assert _wait_until_gone(60, sid=first.pid) == [], "Ray processes outlived the killed driver"
+    assert wait_until_gone(60, sid=first.pid) == [], "Ray processes outlived the killed driver"
 
     # Per worker group, no process for drained cloud nodes (a private local instance has none) and
     # none for Ray Data (the workers read their own token files).
@@ -217,7 +145,7 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     assert [r["step"] for r in rows] == [*range(0, steps, 10), steps - 1]
     assert {r["attempt"] for r in rows if r["step"] >= start} == {attempts[-1]["attempt"]}
     # A normal exit shuts its local cluster down too.
-    assert _wait_until_gone(60, sid=second.pid) == [], "Ray processes outlived a finished driver"
+    assert wait_until_gone(60, sid=second.pid) == [], "Ray processes outlived a finished driver"
 
     assert results["final_metrics"]["torch_threads"] == 2, "the --runtime-env did not reach Ray's workers"
     assert_no_secret(out, [log1.read_bytes(), stdout.encode(), stderr.encode()], [*secrets.values(), runtime_secret])

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import ray._private.services as ray_services
-from test_cli import CLI, ERROR_PREFIX, _env
+from runs import driver_env
+from test_cli import CLI, ERROR_PREFIX
 
 import orchestrator.run
 import orchestrator.sweep
@@ -439,7 +440,7 @@ def test_a_mistake_fails_end_to_end_with_exit_2_one_line_and_no_ray(argv, extra_
     ray_tmp.mkdir()
     before = _tree(workdir, token_cache)
     proc = subprocess.run([*CLI, *argv, "--output", str(workdir / "out")],
-                          env=_env(token_cache, ray_tmp, **extra_env), cwd=workdir,
+                          env=driver_env(token_cache, ray_tmp, **extra_env), cwd=workdir,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     _assert_one_error_line(proc.stderr, expected)

@@ -1,6 +1,7 @@
-"""Ablation sweeps on real Ray Tune with the tiny model: a grid whose trial is retried after its worker
-died, a summary that matches every run's own files, Tune's ResultGrid, ``compare`` and ``ls``, a sweep
-driver SIGKILLed mid-trial and finished by the same command, and mistakes refused before Ray starts.
+"""Ablation sweeps on real Ray Tune with the tiny model: one grid, run by the seed's script in a process
+of its own, whose first trial is retried after its worker died and whose driver is then SIGKILLed
+mid-trial and finished by the same command; a summary that matches every run's own files, Tune's
+ResultGrid, ``compare`` and ``ls`` on it; and mistakes refused before Ray starts.
 
 Trials run one at a time (``--max-concurrent 1``) where a test must know which trial is running.
 """
@@ -16,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +25,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
+from runs import driver_env, kill_until_gone, processes, session_pids, wait_until_gone
 
 from orchestrator.monitoring import MetricsLogger
 from orchestrator.settings import build_run_settings
@@ -76,77 +77,95 @@ def _committed_steps(run_dir: Path) -> list[int]:
         return []
 
 
-def _processes() -> dict[int, tuple[int, int, str, str]]:
-    """pid -> (parent pid, session id, state, first word of the command line), from /proc."""
-    found = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path("/proc", entry, "stat").read_text()
-            command = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        found[int(entry)] = (int(fields[1]), int(fields[3]), fields[0], command)
-    return found
+def _attempts(run_dir: Path) -> list[dict]:
+    """The run's attempts record; [] while it has had only its first attempt."""
+    path = run_dir / "logs" / "attempts.json"
+    return json.loads(path.read_text())["attempts"] if path.exists() else []
 
 
-def _our_train_workers() -> list[int]:
-    """Ray Train worker processes of this test process's own Ray instance (its descendants)."""
-    procs = _processes()
-
-    def ours(pid: int) -> bool:
-        for _ in range(8):
-            pid = procs.get(pid, (0,))[0]
-            if pid == os.getpid():
-                return True
+def _completed(run_dir: Path) -> bool:
+    """Whether the run has finished: a failed attempt writes results.json too, which a retry replaces."""
+    try:
+        return json.loads((run_dir / "results.json").read_text())["status"] == "completed"
+    except (OSError, ValueError, KeyError):
         return False
 
-    return [pid for pid, (_, _, _, cmd) in procs.items() if cmd.startswith("ray::RayTrainWorker") and ours(pid)]
 
-
-def _alive_in_session(sid: int) -> list[tuple[int, str]]:
-    return [(pid, cmd) for pid, (_, session, state, cmd) in _processes().items()
-            if session == sid and state not in "ZX"]
-
-
-# -- a 2-trial grid whose wave_baseline trial fails once (its Train worker is killed) --------------
+# -- one grid, two faults: a trial's worker dies (Tune retries it), then the driver dies mid-sweep ----
 
 @pytest.fixture(scope="module")
-def retried_sweep(ray_session, token_cache, tmp_path_factory) -> SimpleNamespace:
-    """``ablate`` in-process; with ``--max-failures 0`` a dead worker fails the run, so the trial
-    raises and only Tune's FailureConfig (``--trial-retries 1``) can bring it back."""
-    out = tmp_path_factory.mktemp("sweeps")
-    stop, killed = threading.Event(), {}
+def interrupted_sweep(token_cache, tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """``wave_experiments.py`` (``spectral-gpt ablate``) run as a user runs it, in a process and local Ray
+    of its own, through two faults, one grid of two trials run one at a time:
 
-    def kill_the_worker_after_a_checkpoint() -> None:
-        while not stop.is_set() and not killed:
-            run_dir = next(out.glob("grid_*/wave_baseline"), None)
-            committed = _committed_steps(run_dir) if run_dir else []
-            workers = _our_train_workers() if committed else []
-            if workers and not (run_dir / "results.json").exists():
-                os.kill(workers[0], signal.SIGKILL)
-                killed.update(pid=workers[0], committed=max(committed))
+    1. the first trial's Train worker is SIGKILLed after its first checkpoint; with ``--max-failures 0``
+       a dead worker fails its run, so only Tune's FailureConfig (``--trial-retries 1``) brings it back;
+    2. once that trial has completed and the second has committed a checkpoint, the driver's whole
+       process group (its Ray with it) is SIGKILLed, and the same command, run again, must finish the sweep.
+
+    One scenario instead of two keeps the suite short: each driver lifetime costs a Ray start and a
+    worker group per trial.
+    """
+    tmp = tmp_path_factory.mktemp("sweep")
+    out, ray_tmp = tmp / "out", Path(tempfile.mkdtemp(prefix="sgpt-", dir="/tmp"))
+    cmd = [sys.executable, str(SCRIPT), "--experiment", "wave_baseline", "standard_transformer",
+           "--max-concurrent", "1", "--max-failures", "0", "--trial-retries", "1", "--name", "grid",
+           "--output", str(out), *RUN_FLAGS]
+    env = driver_env(token_cache, ray_tmp)
+    started: list[int] = []
+    try:
+        with open(tmp / "first.log", "w") as log:
+            first = subprocess.Popen(cmd, env=env, cwd=tmp, start_new_session=True, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        started.append(first.pid)
+        killed: dict = {}
+        done = running = None
+        end = time.monotonic() + 400
+        while first.poll() is None and time.monotonic() < end and not (done and running):
             time.sleep(0.05)
+            runs = [p for p in out.glob("grid_*/*") if (p / "config.json").exists()]
+            if not killed:
+                training = next((p for p in runs if _committed_steps(p) and not (p / "results.json").exists()), None)
+                workers = [p.pid for p in processes(sid=first.pid)
+                           if training and p.command.startswith("ray::RayTrainWorker") and p.state not in "ZX"]
+                if workers:
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed.update(run=training, committed=max(_committed_steps(training)))
+                continue
+            done = next((p for p in runs if _completed(p)), None)
+            # The other trial, once this driver's attempt of it has committed a checkpoint.
+            running = next((p for p in runs if p != done and not (p / "results.json").exists()
+                            and max(_committed_steps(p), default=-1) > killed["committed"] * (p == killed["run"])),
+                           None)
+        assert killed and done and running, (f"never a killed worker, then one finished trial and one mid-run "
+                                             f"(rc={first.poll()}, killed={killed}):\n"
+                                             f"{(tmp / 'first.log').read_text()[-3000:]}")
+        os.killpg(first.pid, signal.SIGKILL)
+        assert first.wait(timeout=60) == -signal.SIGKILL
+        assert wait_until_gone(60, running_only=True, sid=first.pid) == [], "Ray processes outlived the killed driver"
+        assert not _completed(running), "the interrupted trial finished before the kill"
+        done_files = ("results.json", "logs/metrics.jsonl", "logs/attempts.json")
+        before = SimpleNamespace(done={name: (done / name).read_bytes() for name in done_files},
+                                 committed=max(_committed_steps(running)), attempts=_attempts(running))
 
-    killer = threading.Thread(target=kill_the_worker_after_a_checkpoint, daemon=True)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SPECTRAL_GPT_CACHE", token_cache)
-        env.delenv("RAY_ADDRESS", raising=False)
-        killer.start()
-        try:
-            code, console = _cli(["ablate", "--experiment", "wave_baseline", "standard_transformer",
-                                  "--max-concurrent", "1", "--max-failures", "0", "--trial-retries", "1",
-                                  "--name", "grid", "--output", str(out), *RUN_FLAGS])
-        finally:
-            stop.set()
-            killer.join()
-    (sweep_dir,) = out.iterdir()
-    return SimpleNamespace(code=code, console=console, out=out, sweep_dir=sweep_dir, killed=killed)
+        # The same command, but for --max-concurrent, which a restored Tune grid cannot change: said, and kept.
+        again = [*cmd[:cmd.index("--max-concurrent") + 1], "2", *cmd[cmd.index("--max-concurrent") + 2:]]
+        second = subprocess.Popen(again, env=env, cwd=tmp, start_new_session=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        started.append(second.pid)
+        stdout, stderr = second.communicate(timeout=400)
+        (sweep_dir,) = out.iterdir()
+        yield SimpleNamespace(code=second.returncode, console=stdout, stderr=stderr, out=out, sweep_dir=sweep_dir,
+                              killed=killed, done=done, running=running, before=before)
+    finally:
+        for sid in started:
+            kill_until_gone(lambda sid=sid: session_pids(sid))
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_the_grid_completes_with_one_summary_row_per_trial_equal_to_its_files(retried_sweep):
-    assert retried_sweep.code == 0, retried_sweep.console
-    sweep_dir = retried_sweep.sweep_dir
+def test_the_grid_completes_with_one_summary_row_per_trial_equal_to_its_files(interrupted_sweep):
+    assert interrupted_sweep.code == 0, f"{interrupted_sweep.console[-3000:]}\n{interrupted_sweep.stderr[-3000:]}"
+    sweep_dir = interrupted_sweep.sweep_dir
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert sorted(r["run"] for r in summary["runs"]) == ["standard_transformer", "wave_baseline"]
     assert pq.read_table(sweep_dir / "summary.parquet").to_pylist() == summary["runs"]
@@ -163,142 +182,86 @@ def test_the_grid_completes_with_one_summary_row_per_trial_equal_to_its_files(re
         assert row["params"] == final["num_parameters"]
         assert row["tokens_per_sec"] == final["tokens_per_second"]
     assert {a["ablation"]: a["runs"] for a in summary["ablations"]} == {"wave_baseline": 1, "standard_transformer": 1}
-    assert "wave_baseline" in retried_sweep.console and "summary.html" in retried_sweep.console
+    assert "wave_baseline" in interrupted_sweep.console and "summary.html" in interrupted_sweep.console
     for name in ("summary.md", "summary.html", "plots/validation_curves.png", "plots/best_val_loss.png",
                  "plots/training_curves.png", "plots/wave_ratio.png"):
         assert (sweep_dir / name).stat().st_size > 0, name
     assert json.loads((sweep_dir / "sweep.json").read_text())["status"] == "completed"
 
 
-def test_every_trial_trains_on_equal_footing(retried_sweep):
-    configs = [json.loads((retried_sweep.sweep_dir / name / "config.json").read_text())["config"]
+def test_every_trial_trains_on_equal_footing(interrupted_sweep):
+    configs = [json.loads((interrupted_sweep.sweep_dir / name / "config.json").read_text())["config"]
                for name in ("wave_baseline", "standard_transformer")]
     assert configs[0]["spec"]["train"] == configs[1]["spec"]["train"]  # steps, batch, seed, eval cadence
     assert configs[0]["data"] == configs[1]["data"]
     assert [c["spec"]["model"]["model_type"] for c in configs] == ["wave", "standard"]
 
 
-def test_a_trial_that_failed_is_retried_by_tune_and_resumes_its_run(retried_sweep):
-    assert retried_sweep.killed, "the wave_baseline run ended before its worker could be killed"
-    run_dir = retried_sweep.sweep_dir / "wave_baseline"
-    attempts = json.loads((run_dir / "logs" / "attempts.json").read_text())["attempts"]
-    start = attempts[-1]["start_step"]
-    assert attempts[-1]["attempt"] == 2 and retried_sweep.killed["committed"] < start < STEPS
-    assert (start - 1) % 10 == 0, "resumed from a checkpoint step (every 10 steps)"
+def test_a_trial_that_failed_is_retried_by_tune_and_resumes_its_run(interrupted_sweep):
+    run_dir, committed = interrupted_sweep.killed["run"], interrupted_sweep.killed["committed"]
+    retry = next(a for a in _attempts(run_dir) if a["attempt"] == 2)
+    start = retry["start_step"]
+    assert committed < start < STEPS and (start - 1) % 10 == 0, "resumed from a checkpoint step (every 10 steps)"
     rows = MetricsLogger(run_dir / "logs").load_metrics()
     assert [r["step"] for r in rows] == sorted({r["step"] for r in rows}) and rows[-1]["step"] == STEPS - 1
-    assert {r["attempt"] for r in rows if r["step"] >= start} == {2}
-    error = (retried_sweep.sweep_dir / "tune" / "wave_baseline_seed1" / "error.txt").read_text()
-    assert "TrialFailedError" in error and "run wave_baseline failed" in error
-    assert not (retried_sweep.sweep_dir / "tune" / "standard_transformer_seed1" / "error.txt").exists()
+    assert {r["attempt"] for r in rows if r["step"] < start} == {1}
+    assert 1 not in {r["attempt"] for r in rows if r["step"] >= start}
+    tune = interrupted_sweep.sweep_dir / "tune"
+    error = (tune / f"{run_dir.name}_seed1" / "error.txt").read_text()
+    assert "TrialFailedError" in error and f"run {run_dir.name} failed" in error
+    others = [p for p in tune.glob("*_seed1") if p.name != f"{run_dir.name}_seed1"]
+    assert len(others) == 1 and not (others[0] / "error.txt").exists()
 
 
-def test_tunes_result_grid_opens_the_sweep_with_val_loss_and_checkpoint_path(retried_sweep, monkeypatch):
-    monkeypatch.chdir(retried_sweep.sweep_dir.parent)
-    grid = open_results(Path(retried_sweep.sweep_dir.name))  # as a user in the output folder names it
+def test_tunes_result_grid_opens_the_sweep_with_val_loss_and_checkpoint_path(interrupted_sweep, monkeypatch):
+    monkeypatch.chdir(interrupted_sweep.sweep_dir.parent)
+    grid = open_results(Path(interrupted_sweep.sweep_dir.name))  # as a user in the output folder names it
     assert grid.num_errors == 0 and len(grid) == 2
     for result in grid:
-        results = json.loads((retried_sweep.sweep_dir / result.config["ablation"] / "results.json").read_text())
+        results = json.loads((interrupted_sweep.sweep_dir / result.config["ablation"] / "results.json").read_text())
         assert result.metrics["val_loss"] == results["final_metrics"]["val_loss"]
         assert result.metrics["checkpoint_path"] == results["best_checkpoint"]
         assert Path(result.metrics["checkpoint_path"]).is_file()
 
 
-def test_compare_builds_the_table_and_plots_from_finished_runs(retried_sweep, tmp_path):
-    code, console = _cli(["compare", str(retried_sweep.sweep_dir / "wave_baseline"),
-                          str(retried_sweep.sweep_dir / "standard_transformer"), "--output", str(tmp_path / "cmp")])
+def test_compare_builds_the_table_and_plots_from_finished_runs(interrupted_sweep, tmp_path):
+    code, console = _cli(["compare", str(interrupted_sweep.sweep_dir / "wave_baseline"),
+                          str(interrupted_sweep.sweep_dir / "standard_transformer"), "--output", str(tmp_path / "cmp")])
     assert code == 0
     mine = json.loads((tmp_path / "cmp" / "summary.json").read_text())["runs"]
-    sweeps = json.loads((retried_sweep.sweep_dir / "summary.json").read_text())["runs"]
+    sweeps = json.loads((interrupted_sweep.sweep_dir / "summary.json").read_text())["runs"]
     assert sorted(mine, key=lambda r: r["run"]) == sorted(sweeps, key=lambda r: r["run"])
     assert (tmp_path / "cmp" / "summary.html").stat().st_size > 0
     assert "standard_transformer" in console and "Ablations" in console
 
 
-def test_ls_lists_the_sweep_and_its_runs_with_status_step_and_best_loss(retried_sweep):
-    code, console = _cli(["ls", str(retried_sweep.out)])
+def test_ls_lists_the_sweep_and_its_runs_with_status_step_and_best_loss(interrupted_sweep):
+    code, console = _cli(["ls", str(interrupted_sweep.out)])
     assert code == 0
     lines = console.splitlines()
-    summary = json.loads((retried_sweep.sweep_dir / "summary.json").read_text())["runs"]
-    sweep_line = next(line for line in lines if retried_sweep.sweep_dir.name in line)
+    summary = json.loads((interrupted_sweep.sweep_dir / "summary.json").read_text())["runs"]
+    sweep_line = next(line for line in lines if interrupted_sweep.sweep_dir.name in line)
     assert "sweep" in sweep_line and "completed" in sweep_line and "2/2 runs" in sweep_line
     for row in summary:
         line = next(line for line in lines if line.strip().startswith(row["run"]))
         assert line.split()[1:] == ["run", "completed", str(STEPS), f"{row['best_val_loss']:.4f}"]
 
 
-# -- the driver dies mid-sweep; the same command finishes it ------------------------------------------
-
-@pytest.fixture
-def ray_tmp() -> Iterator[Path]:
-    """A short private Ray temp dir (Unix socket paths must stay < 107 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="sgpt-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def sessions() -> Iterator[list[int]]:
-    """Sessions of the drivers a test starts; whatever is left in them is killed at teardown."""
-    started: list[int] = []
-    yield started
-    for sid in started:
-        for pid, _ in _alive_in_session(sid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
-def test_a_killed_sweep_driver_is_finished_by_the_same_command(tmp_path, token_cache, ray_tmp, sessions):
-    out = tmp_path / "out"
-    cmd = [sys.executable, str(SCRIPT), "--experiment", "standard_transformer", "wave_baseline",
-           "--max-concurrent", "1", "--name", "killed", "--output", str(out), *RUN_FLAGS]
-    env = {**os.environ, "SPECTRAL_GPT_CACHE": token_cache, "RAY_TMPDIR": str(ray_tmp), "COLUMNS": "200"}
-    env.pop("RAY_ADDRESS", None)
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=log,
-                                 stderr=subprocess.STDOUT)
-    sessions.append(first.pid)
-    done = running = None
-    end = time.monotonic() + 300
-    while first.poll() is None and time.monotonic() < end and not (done and running):
-        time.sleep(0.05)
-        runs = [p for p in out.glob("killed_*/*") if (p / "config.json").exists()]
-        done = next((p for p in runs if (p / "results.json").exists()), None)
-        running = next((p for p in runs if _committed_steps(p) and not (p / "results.json").exists()), None)
-    assert done and running, f"never one finished run and one mid-run (rc={first.poll()}):\n" \
-                             f"{(tmp_path / 'first.log').read_text()[-3000:]}"
-    os.killpg(first.pid, signal.SIGKILL)
-    assert first.wait(timeout=60) == -signal.SIGKILL
-    deadline = time.monotonic() + 60
-    while _alive_in_session(first.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _alive_in_session(first.pid) == [], "Ray processes outlived the killed driver"
-    assert not (running / "results.json").exists(), "the interrupted run finished before the kill"
-    finished_bytes = {name: (done / name).read_bytes() for name in ("results.json", "logs/metrics.jsonl")}
-    last_committed = max(_committed_steps(running))
-
-    # The same command, but for --max-concurrent, which a restored Tune grid cannot change: said, and kept.
-    again = [*cmd[:cmd.index("--max-concurrent") + 1], "2", *cmd[cmd.index("--max-concurrent") + 2:]]
-    second = subprocess.run(again, env=env, cwd=tmp_path, start_new_session=True, capture_output=True, text=True,
-                            timeout=400)
-    assert second.returncode == 0, f"{second.stdout[-3000:]}\n{second.stderr[-3000:]}"
-    assert "restored and finished" in second.stdout
-    assert "the restored sweep keeps max_concurrent=1 from its first start (asked for 2)" in second.stderr
-    assert json.loads((done.parent / "sweep.json").read_text())["max_concurrent"] == 1
-    assert [p.name for p in out.iterdir()] == [done.parent.name], "the rerun must restore, not start a new sweep"
-    # The finished run was not trained again: its result and its rows are the same bytes.
-    assert {name: (done / name).read_bytes() for name in finished_bytes} == finished_bytes
-    assert not (done / "logs" / "attempts.json").exists()
-    # The interrupted one continued from its newest committed checkpoint.
-    attempts = json.loads((running / "logs" / "attempts.json").read_text())["attempts"]
-    assert attempts[-1]["attempt"] == 2 and attempts[-1]["start_step"] == last_committed + 1
+def test_a_killed_sweep_driver_is_finished_by_the_same_command(interrupted_sweep):
+    sweep, done, running = interrupted_sweep, interrupted_sweep.done, interrupted_sweep.running
+    assert sweep.code == 0, f"{sweep.console[-3000:]}\n{sweep.stderr[-3000:]}"
+    assert "restored and finished" in sweep.console
+    assert "the restored sweep keeps max_concurrent=1 from its first start (asked for 2)" in sweep.stderr
+    assert json.loads((sweep.sweep_dir / "sweep.json").read_text())["max_concurrent"] == 1
+    assert list(sweep.out.iterdir()) == [sweep.sweep_dir], "the rerun must restore, not start a new sweep"
+    # The finished trial was not trained again: its result, rows and attempts are the same bytes.
+    assert {name: (done / name).read_bytes() for name in sweep.before.done} == sweep.before.done
+    # The interrupted one continued from its newest committed checkpoint, in one more attempt.
+    attempts = _attempts(running)
+    previous = sweep.before.attempts[-1]["attempt"] if sweep.before.attempts else 1
+    assert attempts[-1]["attempt"] == previous + 1 and attempts[-1]["start_step"] == sweep.before.committed + 1
     results = json.loads((running / "results.json").read_text())
     assert results["status"] == "completed" and results["final_metrics"]["total_steps"] == STEPS
-    summary = json.loads((done.parent / "summary.json").read_text())
-    assert sorted(r["run"] for r in summary["runs"]) == ["standard_transformer", "wave_baseline"]
-    assert all(r["status"] == "completed" for r in summary["runs"])
 
 
 # -- mistakes: one line, exit 2, before Ray starts or a folder is made ----------------------------------
