@@ -74,7 +74,16 @@ def first_difference(saved: Any, wanted: Any, where: str = "", ignore: frozenset
             if found:
                 return found
         return None
-    return None if saved == wanted else f"{where or 'spec'}={saved!r} there, {wanted!r} now"
+    return None if saved == wanted else f"{where or 'spec'}={_shown(saved)} there, {_shown(wanted)} now"
+
+
+SHOWN_CHARS = 60
+"""How much of a differing value the one-line refusal quotes: a whole spec would run to a thousand characters."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS - 3]}..."
 
 
 def run_to_continue(settings: RunSettings) -> Path | str | None:
@@ -87,7 +96,23 @@ def run_to_continue(settings: RunSettings) -> Path | str | None:
     existing = None if settings.resume == "never" else find_unfinished_run(settings)
     if existing is None and settings.resume == "must":
         raise ConfigError(f"--resume must: no unfinished run named {settings.name!r} in {settings.output}")
+    if isinstance(existing, Path):
+        _require_subfolders(existing)
     return existing
+
+
+RUN_SUBFOLDERS = ("checkpoints", "logs", "visualizations")
+"""The folders the monitoring actor writes into, made when the run began."""
+
+
+def _require_subfolders(run_dir: Path) -> None:
+    """Refuse, before Ray starts, a run folder in which something that is not a folder took the place of
+    one of the run's own (the monitoring actor would die on it once the workers are up)."""
+    for name in RUN_SUBFOLDERS:
+        path = run_dir / name
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"the unfinished run {run_dir} has a file where its {name!r} folder belongs; "
+                              "move that file away to continue the run, or pass --resume never to start a new one")
 
 
 def new_run_dir(settings: RunSettings) -> Path | str | None:

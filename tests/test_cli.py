@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from test_secrets import assert_no_secret, secret_environment, secret_runtime_en
 
 from orchestrator.cli import PIPED_WIDTH, build_parser, main, make_console, settings_from_args, shutting_down_own_ray
 from orchestrator.monitoring import MetricsLogger
+from orchestrator.run_folder import new_run_dir, run_to_continue
 from orchestrator.settings import default_cpus_per_worker, usable_cpus
 from orchestrator.sweep_cli import sweep_settings_from_args
 
@@ -153,22 +153,14 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
 
 # -- 4. --no-monitoring --------------------------------------------------------------------------
 
-def test_no_monitoring_trains_and_writes_nothing(ray_session, token_cache, tmp_path, monkeypatch, capsys):
-    """The quick-run mode through the console script's entry point (in this process, on the session's
-    Ray: a finished driver's Ray shutting down is checked above): a completed run, no output folder,
-    and its temporary Ray Train storage removed."""
-    out, scratch = tmp_path / "out", tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setenv("SPECTRAL_GPT_CACHE", token_cache)
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    monkeypatch.chdir(tmp_path)
-    assert main(["train", "--steps", "20", "--no-monitoring", "--output", str(out)]) == 0
-    stdout = capsys.readouterr().out
-    assert "run wave_baseline completed: 20 steps" in stdout, stdout
-    assert not out.exists()
-    assert not list(scratch.glob("spectral-gpt-*")), "the temporary Ray storage was left behind"
-    assert not (tmp_path / "experiments").exists()  # nor the default output folder in the cwd
+def test_no_monitoring_is_a_run_without_a_folder(tmp_path):
+    """``--no-monitoring`` is the seed's ``enable_monitoring=False``, which test_run.py trains end to end:
+    no run folder to continue or to make, so nothing is written."""
+    args = build_parser().parse_args(["train", "--no-monitoring", "--output", str(tmp_path / "out")])
+    settings = settings_from_args(args, args.experiment, args.name)
+    assert settings.monitoring.enabled is False
+    assert run_to_continue(settings) is None and new_run_dir(settings) is None
+    assert not (tmp_path / "out").exists()
 
 
 def test_cpus_per_worker_is_trains_to_decide_and_one_per_sweep_worker_unless_given():

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,13 @@ from runs import TWO_WORKER_STEPS, final_weights, run_settings
 from orchestrator.monitor import MONITOR_NICENESS, RunMonitor
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
 from orchestrator.run import _fit_with_progress, _outcome, fit_failure, run_training, train_experiment, with_worker_cpus
-from orchestrator.run_folder import new_run_dir, remove_if_never_started, run_to_continue, sole_driver
+from orchestrator.run_folder import (
+    first_difference,
+    new_run_dir,
+    remove_if_never_started,
+    run_to_continue,
+    sole_driver,
+)
 from orchestrator.settings import MonitoringSettings, default_cpus_per_worker
 from orchestrator.snapshot import snapshot
 from orchestrator.wire import to_wire
@@ -145,7 +152,14 @@ def test_run_writes_the_seed_layout_and_a_completed_result(ray_session, token_ca
     assert {c["step"] for c in CheckpointManager(run_dir).list_checkpoints()} >= {20, 29}
 
 
-def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_cache, tmp_path):
+def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_cache, tmp_path, monkeypatch):
+    """The quick-run mode (the seed's ``enable_monitoring=False``, the CLI's ``--no-monitoring``): a completed
+    run, no output folder, not even the default one in the working folder, and its temporary Ray Train
+    storage removed."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.chdir(tmp_path)
     outcome = train_experiment("standard_transformer", "tiny", 20, experiment_dir=tmp_path / "quiet",
                                enable_monitoring=False, cache_dir=token_cache, batch_size=8)
     assert outcome.status == "completed", outcome.error
@@ -157,7 +171,8 @@ def test_train_experiment_without_monitoring_writes_nothing(ray_session, token_c
     assert undecided.scaling.cpus_per_worker is None
     assert with_worker_cpus(undecided).scaling.cpus_per_worker == 1  # decided from the instance, not left to Ray
     assert outcome.generation_samples and outcome.final_metrics["val_loss"] > 0
-    assert not (tmp_path / "quiet").exists()
+    assert not (tmp_path / "quiet").exists() and not (tmp_path / "experiments").exists()
+    assert not list(scratch.glob("spectral-gpt-*")), "the temporary Ray storage was left behind"
 
 
 def test_the_monitoring_schedule_and_that_without_monitoring_no_weights_are_sent_for_plots():
@@ -293,6 +308,35 @@ def test_a_start_interrupted_before_training_leaves_no_run_folder_but_a_started_
     for run_dir in (never, started, checkpointed):
         remove_if_never_started(run_dir)
     assert not never.exists() and started.is_dir() and checkpointed.is_dir()
+
+
+@pytest.mark.parametrize("subfolder", ["checkpoints", "logs", "visualizations"])
+def test_a_run_to_continue_with_a_file_in_place_of_its_folder_is_refused_before_ray(subfolder, tmp_path,
+                                                                                   token_cache):
+    """Found before Ray starts, instead of the monitoring actor dying on it once the workers are up."""
+    settings = run_settings(tmp_path, token_cache, "clobbered")
+    run_dir = new_run_dir(settings)
+    (run_dir / "config.json").write_text(json.dumps({"config": settings.to_dict()}))
+    (run_dir / subfolder).rmdir()
+    (run_dir / subfolder).write_text("not a folder")
+    with pytest.raises(ConfigError) as error:
+        run_to_continue(settings)
+    assert str(error.value) == (f"the unfinished run {run_dir} has a file where its {subfolder!r} folder belongs; "
+                                "move that file away to continue the run, or pass --resume never to start a new one")
+    assert run_to_continue(dataclasses.replace(settings, resume="never")) is None
+
+
+def test_a_saved_spec_of_another_shape_is_refused_in_a_short_line(tmp_path, token_cache):
+    """A hand-edited config.json whose spec is not a dict: the refusal quotes the start of each side, not the
+    whole spec (it ran to 1,214 characters)."""
+    settings = run_settings(tmp_path, token_cache, "reshaped")
+    run_dir = new_run_dir(settings)
+    (run_dir / "config.json").write_text(json.dumps({"config": {**settings.to_dict(), "spec": "edited"}}))
+    with pytest.raises(ConfigError) as error:
+        run_to_continue(settings)
+    assert "was started with other settings (spec='edited' there, {'model': {" in str(error.value)
+    assert len(str(error.value).replace(str(run_dir), "")) < 250
+    assert first_difference({"a": 1}, {"a": 2}) == "a=1 there, 2 now"
 
 
 def test_the_same_command_run_while_its_run_still_trains_is_refused_before_ray(tmp_path, token_cache):
