@@ -81,12 +81,14 @@ def _committed_steps(out: Path, name: str) -> list[int]:
 
 def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path, token_cache, ray_tmp, sessions):
     """SIGKILL of the driver's process group (driver + the local Ray cluster it started), then the
-    same command: it must find the unfinished run by name and continue from its last checkpoint.
+    same command: it must find the unfinished run by name and continue from its last good checkpoint.
+    The newest one is corrupted meanwhile (a disk that lost a sector): the rerun skips it for the one
+    before, and says so on the console, in results.json and in training.log.
 
     Both runs also carry secret-looking variables and a ``--runtime-env`` with one more (see
     test_secrets.py): none may reach the run folder or the console, and the runtime env must reach Ray.
     """
-    out, name, steps = tmp_path / "out", "driverkill", 80  # the kill lands ~10 steps past the first checkpoint
+    out, name, steps = tmp_path / "out", "driverkill", 80  # the kill lands ~10 steps past the second checkpoint
     runtime_env, runtime_secret = secret_runtime_env(tmp_path)
     secrets = secret_environment()
     cmd = [str(SCRIPT), "train", "--steps", str(steps), "--checkpoint-interval", "20", "--eval-interval", "20",
@@ -99,10 +101,10 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     sessions.append(first.pid)
     end = time.monotonic() + 240
     committed: list[int] = []
-    while not committed and first.poll() is None and time.monotonic() < end:
+    while len(committed) < 2 and first.poll() is None and time.monotonic() < end:
         time.sleep(0.05)
         committed = _committed_steps(out, name)
-    assert committed, f"no checkpoint committed (rc={first.poll()}):\n{_tail(log1)}"
+    assert len(committed) >= 2, f"not two checkpoints committed (rc={first.poll()}):\n{_tail(log1)}"
 
     os.killpg(first.pid, signal.SIGKILL)
     assert first.wait(timeout=60) == -signal.SIGKILL, "the first run ended on its own before the kill"
@@ -120,8 +122,12 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     assert len(runs) == 1 and runs[0].name.startswith(f"{name}_"), runs
     run_dir = runs[0]
     assert not (run_dir / "results.json").exists(), "the killed run had already finished"
-    last = max(_committed_steps(out, name))
-    assert last >= max(committed)
+    *_, previous, newest = _committed_steps(out, name)
+    assert newest >= max(committed)
+    newest_file = run_dir / "checkpoints" / f"checkpoint_step_{newest}.pt"
+    data = bytearray(newest_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest_file.write_bytes(bytes(data))
 
     second = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -131,12 +137,16 @@ def test_a_killed_driver_is_continued_by_running_the_same_command_again(tmp_path
     resumed = re.search(r"resumed from step (\d+)", stdout)
     assert resumed, stdout
     start = int(resumed.group(1))
-    assert start > 0 and start == last + 1  # the step after the newest committed checkpoint, nothing older
+    assert start == previous + 1  # the step after the newest good checkpoint, nothing older
+    said = (f"checkpoint {newest_file} is corrupt (sha256 mismatch); skipping it; resuming from the "
+            f"checkpoint of step {previous} instead")
+    assert f"warning: {said}" in stdout, stdout
 
     assert list(out.iterdir()) == [run_dir], "the rerun must continue the run, not start a new folder"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed", results
     assert results["final_metrics"]["total_steps"] == steps
+    assert said in results["warnings"] and f"WARNING {said}" in (run_dir / "logs" / "training.log").read_text()
     attempts = json.loads((run_dir / "logs" / "attempts.json").read_text())["attempts"]
     assert attempts[-1]["start_step"] == start and attempts[-1]["attempt"] >= 2, attempts
     rows = MetricsLogger(run_dir / "logs").load_metrics()

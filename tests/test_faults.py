@@ -1,9 +1,8 @@
-"""Failures injected into a real run (real Ray, the tiny model): a full disk, a kill, a corrupt checkpoint.
+"""A full disk injected into a real run (real Ray, the tiny model), and a write the kernel cuts short.
 
 A checkpoint the disk refuses must not stop training: the monitoring actor records a warning (the
 driver's progress and console, ``logs/training.log``, ``results.json["warnings"]``) and the next
-save succeeds once there is space again. A newest checkpoint found corrupt at resume must be skipped
-for the one before it, and the run must say so on the console and in its files.
+save succeeds once there is space again.
 """
 
 from __future__ import annotations
@@ -12,14 +11,11 @@ import errno
 import json
 import os
 import resource
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from orchestrator.cli import build_parser, main, settings_from_args
+from orchestrator.cli import build_parser, settings_from_args
 from orchestrator.config_file import parse_args
 from orchestrator.monitoring import CheckpointManager, MetricsLogger
 from orchestrator.run import run_training
@@ -89,92 +85,49 @@ def _steps_in(warnings: list[str], marker: str) -> list[int]:
     return sorted(int(w.split("checkpoint at step ")[1].split()[0]) for w in warnings if marker in w)
 
 
-def test_a_full_disk_then_a_kill_then_a_corrupt_checkpoint_and_the_run_still_finishes(
-        ray_session, token_cache, tmp_path, monkeypatch, capsys):
-    """One run through three faults (two Ray fits instead of three keeps the suite short):
-
-    1. the checkpoint folder fills up: a save fails, training goes on, a warning is recorded, and
-       the next save succeeds once the space is back;
-    2. the run's only worker is SIGKILLed with no restarts allowed, so the run stops unfinished;
-    3. its newest checkpoint is then corrupted, and the same command, run again, skips it for the
-       one before, says so on the console and in results.json and training.log, and finishes.
-    """
+def test_a_full_disk_costs_a_checkpoint_not_the_run(ray_session, token_cache, tmp_path, monkeypatch):
+    """The checkpoint folder fills up mid-run: a save fails, training goes on, a warning is recorded, and
+    the next save succeeds once the space is back. (A corrupt checkpoint found at resume is in
+    test_cli.py's killed-driver test, which resumes anyway.)"""
     steps, name = 80, "faults"
-    monkeypatch.setenv("SPECTRAL_GPT_CACHE", token_cache)
     argv = ["train", "--steps", str(steps), "--batch-size", "8", "--eval-interval", "20", "--checkpoint-interval",
-            "10", "--log-interval", "5", "--keep-last", "2", "--max-failures", "0", "--name", name,
-            "--output", str(tmp_path)]
+            "10", "--log-interval", "5", "--keep-last", "2", "--name", name, "--output", str(tmp_path)]
+    monkeypatch.setenv("SPECTRAL_GPT_CACHE", token_cache)
     args = parse_args(build_parser(), argv)
-    run_dir = tmp_path / f"{name}_20250101_000000_faults"  # where `--resume auto` finds it again
+    settings = settings_from_args(args, args.experiment, args.name)
+    run_dir = tmp_path / f"{name}_20250101_000000_faults"
     (run_dir / "checkpoints").mkdir(parents=True)
     disk = FullDisk(run_dir / "checkpoints")
     print(f"disk-full path that ran: {disk.mode}")  # shown with -s or on failure
     phase: dict[str, int] = {}
 
     def inject(progress: dict) -> None:
-        refused = _steps_in(progress.get("warnings", []), "not saved")
         if "filled" not in phase and progress.get("checkpoint_step", 0) >= 10:
             disk.fill(progress["monitor_pid"])
             phase["filled"] = progress["checkpoint_step"]
-        elif "filled" in phase and "freed" not in phase and refused:
+        elif "filled" in phase and "freed" not in phase and _steps_in(progress.get("warnings", []), "not saved"):
             disk.free()
             phase["freed"] = progress["step"]
-        elif "freed" in phase and "killed" not in phase and progress.get("checkpoint_step", 0) > refused[-1]:
-            os.kill(progress["workers"][0], signal.SIGKILL)
-            phase["killed"] = progress["checkpoint_step"]
 
     try:
-        first = run_training(settings_from_args(args, args.experiment, args.name), on_progress=inject,
-                             poll_seconds=0.05, run_dir=run_dir)
-        assert "killed" in phase, f"phases reached ({disk.mode}): {phase}; {first}"
-        assert first.status == "failed", first
-
-        # 1. The full disk: a warning with the kernel's reason, in the outcome, results.json and training.log.
-        refused = _steps_in(first.warnings, "not saved")
-        assert refused and all(disk.refusal in w for w in first.warnings if "not saved" in w), first.warnings
-        assert json.loads((run_dir / "results.json").read_text())["warnings"] == first.warnings
+        outcome = run_training(settings, on_progress=inject, poll_seconds=0.05, run_dir=run_dir)
+        assert "freed" in phase, f"phases reached ({disk.mode}): {phase}; {outcome}"
+        assert outcome.status == "completed", outcome.error
+        refused = _steps_in(outcome.warnings, "not saved")
+        assert refused and all(disk.refusal in w for w in outcome.warnings if "not saved" in w), outcome.warnings
+        assert json.loads((run_dir / "results.json").read_text())["warnings"] == outcome.warnings
         log_text = (run_dir / "logs" / "training.log").read_text()
         assert all(f"WARNING checkpoint at step {s} not saved" in log_text for s in refused)
         manager = CheckpointManager(run_dir, keep_last_n=2)
         committed = [c["step"] for c in manager.list_checkpoints()]
-        assert not set(refused) & set(committed) and committed[-1] > refused[-1], (refused, committed)
+        assert not set(refused) & set(committed) and committed[-1] == steps - 1 > refused[-1], (refused, committed)
         files = {p.name for p in manager.checkpoint_dir.glob("checkpoint_step_*.pt")}
         assert files == {f"checkpoint_step_{s}.pt" for s in committed}, "a refused save left a file behind"
         rows = MetricsLogger(run_dir / "logs").load_metrics()
-        assert [r["step"] for r in rows][:phase["killed"] // 5 + 1] == list(range(0, phase["killed"] + 1, 5))
-
-        # 2.-3. Corrupt the newest checkpoint of the stopped run, then run the same command again.
-        assert len(committed) >= 2 and committed[-1] < steps - 1, committed
-        newest, previous = committed[-1], committed[-2]
-        newest_file = manager.checkpoint_dir / f"checkpoint_step_{newest}.pt"
-        data = bytearray(newest_file.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        newest_file.write_bytes(bytes(data))
-        capsys.readouterr()
-        assert main(argv) == 0
-        out = capsys.readouterr().out
-        said = (f"checkpoint {newest_file} is corrupt (sha256 mismatch); skipping it; resuming from the "
-                f"checkpoint of step {previous} instead")
-        assert f"warning: {said}" in out, out
-        assert f"resumed from step {previous + 1}" in out, out
-        assert f"run {name} completed in {run_dir}: {steps} steps" in out, out
-        results = json.loads((run_dir / "results.json").read_text())
-        assert results["status"] == "completed" and said in results["warnings"], results
-        assert f"WARNING {said}" in (run_dir / "logs" / "training.log").read_text()
-        attempts = json.loads((run_dir / "logs" / "attempts.json").read_text())["attempts"]
-        assert attempts[-1]["start_step"] == previous + 1
-        rows = MetricsLogger(run_dir / "logs").load_metrics()
         assert [r["step"] for r in rows] == [*range(0, steps, 5), steps - 1]
-        latest = manager.load_latest_checkpoint()
-        assert latest["step"] == steps - 1 and latest["state"]["step"] == steps
+        assert manager.load_latest_checkpoint()["state"]["step"] == steps
     finally:
-        disk.close()
-
-
-@pytest.fixture(autouse=True)
-def _quiet_console(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wide, plain console lines, so a message is matched whole (rich wraps at 80 columns otherwise)."""
-    monkeypatch.setenv("COLUMNS", "400")
+        disk.close()  # after the reads: a tmpfs unmounted takes the checkpoints with it
 
 
 _LIMITED_SAVER = """
