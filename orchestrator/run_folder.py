@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.monitoring import create_experiment_directory, generate_experiment_id
+from orchestrator.monitoring.identity import RUN_SUBFOLDERS
 from orchestrator.settings import RunSettings
 from orchestrator.storage import claim_run_location, is_uri, list_run_folders
 from spectral_gpt.config import ConfigError
@@ -99,10 +100,6 @@ def run_to_continue(settings: RunSettings) -> Path | str | None:
     if isinstance(existing, Path):
         _require_subfolders(existing)
     return existing
-
-
-RUN_SUBFOLDERS = ("checkpoints", "logs", "visualizations")
-"""The folders the monitoring actor writes into, made when the run began."""
 
 
 def _require_subfolders(run_dir: Path) -> None:

@@ -41,6 +41,10 @@ class ExperimentDirs(TypedDict):
     visualizations: Path
 
 
+RUN_SUBFOLDERS = ("checkpoints", "logs", "visualizations")
+"""The folders of a run folder (:class:`ExperimentDirs` less its root)."""
+
+
 def get_git_info(path: Path | str | None = None) -> GitInfo:
     """Commit and dirty flag of the git repository holding ``path`` (default: this package).
 
@@ -110,12 +114,7 @@ def create_experiment_directory(base_dir: Path | str, experiment_id: str) -> Exp
     ``config.json`` and ``results.json`` appear only when :class:`ConfigTracker` writes them.
     """
     root = Path(base_dir) / sanitize_name(experiment_id)
-    dirs: ExperimentDirs = {
-        "root": root,
-        "checkpoints": root / "checkpoints",
-        "logs": root / "logs",
-        "visualizations": root / "visualizations",
-    }
+    dirs = ExperimentDirs(root=root, **{name: root / name for name in RUN_SUBFOLDERS})
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     return dirs
