@@ -1,8 +1,8 @@
 """``spectral-gpt`` as a user runs it: real processes, real files, real local Ray clusters.
 
 A driver killed mid-run (SIGKILL takes its local Ray cluster with it) must be continued by running
-the same command again; ``--no-monitoring`` must leave nothing behind (user mistakes, one line and
-exit code 2 before anything starts, are tests/test_mistakes.py). Every subprocess gets
+the same command again, past a corrupt newest checkpoint; ``--no-monitoring`` must mean a run without
+files (user mistakes, one line and exit code 2 before anything starts, are tests/test_mistakes.py). Every subprocess gets
 its own token cache (``SPECTRAL_GPT_CACHE``) and Ray temp dir (``RAY_TMPDIR``), so the tests never
 touch ``~/.cache`` or ``/tmp/ray`` and can tell whether Ray started at all.
 """
