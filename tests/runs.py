@@ -1,5 +1,5 @@
 """Settings, readers and process clean-up shared by the tests that train real runs (tests/test_run.py, the
-multi-node test) or start Ray clusters of their own (tests/test_job_submit.py)."""
+multi-node test) or start drivers and Ray clusters of their own (test_cli, test_sweep, test_job_submit)."""
 
 from __future__ import annotations
 
@@ -83,14 +83,17 @@ def session_pids(session: int) -> list[int]:
 def wait_until_gone(deadline_s: float, *, running_only: bool = False, **which: int) -> list[Process]:
     """Poll until no process matches ``which`` (zombies count unless ``running_only``); return what
     is left at the deadline. A deadline, not a timing assert: a loaded machine only makes it wait."""
-    def left() -> list[Process]:
-        return [p for p in processes(**which) if not running_only or p.state not in "ZX"]
+    return _poll_until_none(lambda: [p for p in processes(**which) if not running_only or p.state not in "ZX"],
+                            deadline_s)
 
-    end = time.monotonic() + deadline_s
-    found = left()
+
+def _poll_until_none(find: Callable[[], list], seconds: float) -> list:
+    """What ``find`` still returns after polling it until it returns nothing or ``seconds`` pass."""
+    end = time.monotonic() + seconds
+    found = find()
     while found and time.monotonic() < end:
         time.sleep(0.2)
-        found = left()
+        found = find()
     return found
 
 
@@ -113,7 +116,4 @@ def kill_until_gone(find_pids: Callable[[], list[int]], seconds: float = 20.0) -
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    deadline = time.time() + seconds
-    while find_pids() and time.time() < deadline:
-        time.sleep(0.2)
-    return find_pids()
+    return _poll_until_none(find_pids, seconds)

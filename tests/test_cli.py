@@ -2,9 +2,9 @@
 
 A driver killed mid-run (SIGKILL takes its local Ray cluster with it) must be continued by running
 the same command again, past a corrupt newest checkpoint; ``--no-monitoring`` must mean a run without
-files (user mistakes, one line and exit code 2 before anything starts, are tests/test_mistakes.py). Every subprocess gets
-its own token cache (``SPECTRAL_GPT_CACHE``) and Ray temp dir (``RAY_TMPDIR``), so the tests never
-touch ``~/.cache`` or ``/tmp/ray`` and can tell whether Ray started at all.
+files (user mistakes, one line and exit code 2 before anything starts, are tests/test_mistakes.py).
+Every subprocess gets its own token cache (``SPECTRAL_GPT_CACHE``) and Ray temp dir (``RAY_TMPDIR``),
+so the tests never touch ``~/.cache`` or ``/tmp/ray`` and can tell whether Ray started at all.
 """
 
 from __future__ import annotations
